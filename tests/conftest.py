@@ -1,0 +1,61 @@
+"""Hermetic test environment: one thread, offline Hub, a temporary HF cache, DeepSpeed on the CPU.
+
+The environment is set before anything imports huggingface_hub or transformers, which read it at import.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_HF_HOME = tempfile.mkdtemp(prefix="pde-foundation-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF_HOME, "datasets")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["DS_ACCELERATOR"] = "cpu"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.pop("HF_TOKEN", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # default threading costs seconds of warm-up per process on 2 cores
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = (REPO_ROOT / ".." / "shared").resolve()
+FIXTURES = SHARED / "fixtures" / "poseidon-reference"
+REFERENCE = SHARED / "reference"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+def _require(path: Path) -> Path:
+    """The shared reference material: CI must have it; elsewhere its absence skips with a message."""
+    if path.exists():
+        return path
+    message = f"{path} is missing (tests look for ../shared beside the repository root)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return _require(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return _require(REFERENCE)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
