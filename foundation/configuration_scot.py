@@ -253,7 +253,17 @@ class ScOTConfig(PretrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         """Read a config.json, translating the published Poseidon layout into ours."""
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        try:
+            config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        except OSError as error:  # name the repo or folder: transformers' offline message does not
+            if str(pretrained_model_name_or_path) in str(error):
+                raise
+            raise OSError(f"{pretrained_model_name_or_path}: {error}") from error
+        if not config_dict:  # transformers 5 falls back to the class defaults when config.json is missing
+            raise OSError(
+                f"{pretrained_model_name_or_path}: no config.json found; a scOT checkpoint needs its config "
+                f"(geometry, channels, normalisation) and defaults are never guessed"
+            )
         return translate_config_dict(config_dict, source=str(pretrained_model_name_or_path)), kwargs
 
     @classmethod

@@ -77,10 +77,11 @@ class ConditionalLayerNorm(nn.Module):
         normed = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps)
         if not self.use_conditioning:
             return (normed * self.weight.float() + self.bias.float()).to(x.dtype)
-        t = time.reshape(-1, 1).to(self.weight.weight.dtype)  # (B, 1)
+        # Gain and bias in fp32 as well: a bf16 lead time would round 0.7 to 0.6992.
+        t = time.reshape(-1, 1).float()  # (B, 1)
         shape = (t.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)  # broadcast over tokens / pixels
-        gain = self.weight(t).float().reshape(shape)
-        bias = self.bias(t).float().reshape(shape)
+        gain = F.linear(t, self.weight.weight.float(), self.weight.bias.float()).reshape(shape)
+        bias = F.linear(t, self.bias.weight.float(), self.bias.bias.float()).reshape(shape)
         return (normed * gain + bias).to(x.dtype)
 
 
@@ -232,8 +233,9 @@ class ScOTSelfAttention(nn.Module):
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # (h, 1, 1)
-        q = F.normalize(q, dim=-1) * scale.to(q.dtype)  # cosine logits, per-head temperature folded into q
-        k = F.normalize(k, dim=-1)
+        # Cosine logits: unit-norm q and k, with the per-head temperature folded into q (one multiply, no divide).
+        q = q * (scale.to(q.dtype) * torch.rsqrt(q.square().sum(-1, keepdim=True).clamp_min(1e-24)))
+        k = k * torch.rsqrt(k.square().sum(-1, keepdim=True).clamp_min(1e-24))
         naive = self.config._attn_implementation == "eager"
         bias = self.position_bias(plan.win_h, plan.win_w, x.device, cache=not naive).to(q.dtype)  # (h, N, N)
         if mask is not None:
@@ -603,6 +605,10 @@ class ScOT(ScOTPreTrainedModel):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
             )
+        except OSError as error:  # transformers' messages do not always say which repo or folder failed
+            if str(pretrained_model_name_or_path) in str(error):
+                raise
+            raise OSError(f"{pretrained_model_name_or_path}: {error}") from error
         except pickle.UnpicklingError as error:  # a legacy .bin is read with weights_only=True, never unpickled
             raise ValueError(
                 f"{pretrained_model_name_or_path}: the legacy pytorch_model.bin holds objects other than tensors; "

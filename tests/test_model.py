@@ -376,3 +376,14 @@ def test_loss_falls_on_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0]  # the reference init starts every branch near zero: slow start
+
+
+def test_clamped_window_reads_the_built_windows_continuous_bias():
+    """SwinV2 semantics: a window clamped at run time uses coordinates normalised by the built window."""
+    from foundation.modeling_scot import _relative_coords_table
+
+    full = _relative_coords_table(16, 16, 16, torch.device("cpu")).view(31, 31, 2)
+    clamped = _relative_coords_table(4, 6, 16, torch.device("cpu")).view(7, 11, 2)
+    assert torch.equal(clamped, full[15 - 3 : 15 + 4, 15 - 5 : 15 + 6])
+    own = _relative_coords_table(4, 4, 4, torch.device("cpu")).view(7, 7, 2)
+    assert own.abs().max() > clamped[:, 2:9].abs().max()  # normalised by its own window it would differ
