@@ -104,11 +104,13 @@ class DropPath(nn.Module):
 # Parameter-free tensors derived from (grid, window, shift, device) are built once and kept on the device.
 # They are never registered as buffers: checkpoints never held them, and DeepSpeed/bf16 casting of buffers
 # would only get in the way. The "eager" attention path rebuilds them on every call (the naive baseline).
+# Under torch.compile they are built inside the graph instead: reading a global dict would add guards on
+# its contents and a recompile whenever it fills, for tensors that cost microseconds to build.
 _GEOMETRY_CACHE: dict[tuple, Tensor] = {}
 
 
 def _geometry(kind: str, build, *key, device: torch.device, cache: bool = True) -> Tensor:
-    if not cache:
+    if not cache or torch.compiler.is_compiling():
         return build(*key, device=device)
     full_key = (kind, *key, device)
     value = _GEOMETRY_CACHE.get(full_key)

@@ -1,0 +1,252 @@
+"""The semigroup ("all2all") expansion and a resumable, rank-sharded random sampler over it.
+
+Every ordered pair (t_i, t_j), i <= j, of the snapshots in use of a trajectory is a training example with
+lead time (t_j - t_i) / time_scale, where time_scale is the dataset's fixed scale (by default the span of the
+whole stored trajectory, not of the snapshots in use). 11 snapshots give 66 pairs, 55 without identities.
+The index is never materialised: pair k is trajectory k // P and the k % P-th (i, j) of one pattern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .source import DataError, TrajectorySource
+
+
+class All2AllPairs(Dataset):
+    """Map-style dataset of (input, target, lead time, channel mask) over one source and split.
+
+    Items are dicts named after the model's forward arguments: `pixel_values` [C + S, H, W] (state at t_i,
+    then the static fields), `labels` [C, H, W] (state at t_j), `time` (lead time), `channel_mask` [C].
+    For a steady source the input is the static fields alone and there is one pair of lead time 1.
+
+    Args:
+        source: The trajectories.
+        split: "train", "val" or "test".
+        stride: Use every `stride`-th stored snapshot (Poseidon pretraining: 2, of 21 stored).
+        max_snapshots: Use at most this many snapshots (after the stride), counted from the first.
+        include_identity: Keep the pairs i == j (lead time 0).
+        lead_steps: Allowed values of j - i, in snapshots in use (None: all).
+        normalize: Normalise with the source's statistics (state and static fields separately).
+        check_finite: Refuse samples with NaN/Inf (names file and index).
+    """
+
+    def __init__(
+        self,
+        source: TrajectorySource,
+        split: str = "train",
+        stride: int = 1,
+        max_snapshots: int | None = None,
+        include_identity: bool = True,
+        lead_steps: Sequence[int] | None = None,
+        normalize: bool = True,
+        check_finite: bool = True,
+    ):
+        self.source, self.split_name = source, split
+        self.trajectories = source.split(split)
+        info = source.info
+        if stride < 1:
+            raise DataError(f"{info.name}: stride must be >= 1, got {stride}")
+        snapshots = list(range(0, source.num_snapshots, stride))
+        if max_snapshots is not None:
+            snapshots = snapshots[:max_snapshots]
+        self.snapshots = snapshots
+        if info.steady:
+            pattern = [(0, 0)]
+        else:
+            steps = None if lead_steps is None else set(int(s) for s in lead_steps)
+            pattern = [
+                (a, b)
+                for a in range(len(snapshots))
+                for b in range(a, len(snapshots))
+                if (include_identity or b > a) and (steps is None or b - a in steps)
+            ]
+        if not pattern:
+            raise DataError(
+                f"{info.name}: no pairs with {len(snapshots)} snapshots, include_identity="
+                f"{include_identity}, lead_steps={lead_steps}"
+            )
+        self.pattern = np.asarray(pattern, dtype=np.int64)  # (P, 2) positions in `snapshots`
+        times = np.asarray(info.times, dtype=np.float64)[snapshots]
+        self.lead_times = (
+            np.ones(1) if info.steady else (times[self.pattern[:, 1]] - times[self.pattern[:, 0]]) / info.time_scale
+        ).astype(np.float32)
+        self.normalize, self.check_finite = normalize, check_finite
+        channels, statics = len(info.channel_names), len(info.static_names)
+        if normalize and (info.mean is None or info.std is None):
+            raise DataError(
+                f"{info.name}: no normalisation statistics; compute them (foundation.data.compute_stats) "
+                f"or pass normalize=False"
+            )
+        if normalize and statics and (info.static_mean is None or info.static_std is None):
+            raise DataError(f"{info.name}: no statistics for the static fields {info.static_names}")
+        self._mean = np.asarray(info.mean if normalize else [0.0] * channels, np.float32)[:, None, None]
+        self._std = np.asarray(info.std if normalize else [1.0] * channels, np.float32)[:, None, None]
+        self._smean = np.asarray(info.static_mean if normalize and statics else [0.0] * statics, np.float32)
+        self._sstd = np.asarray(info.static_std if normalize and statics else [1.0] * statics, np.float32)
+        self._smean, self._sstd = self._smean[:, None, None], self._sstd[:, None, None]
+        self._inv_std, self._inv_sstd = 1.0 / self._std, 1.0 / self._sstd
+        self.input_names = ([] if info.steady else list(info.channel_names)) + list(info.static_names)
+        self.target_names = list(info.channel_names)
+
+    @property
+    def pairs_per_trajectory(self) -> int:
+        return len(self.pattern)
+
+    def __len__(self) -> int:
+        return len(self.trajectories) * len(self.pattern)
+
+    def locate(self, index: int) -> tuple[int, int, int, float]:
+        """(trajectory, snapshot i, snapshot j, lead time) of pair `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"pair {index} outside [0, {len(self)})")
+        slot, p = divmod(index, len(self.pattern))
+        a, b = self.pattern[p]
+        return self.trajectories[slot], self.snapshots[a], self.snapshots[b], float(self.lead_times[p])
+
+    def _normalised(self, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+        x = np.array(x, dtype=np.float32, copy=True) if not x.flags.writeable else x
+        x -= mean
+        x *= inv_std
+        return x
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        traj, i, j, lead = self.locate(int(index))
+        source, check = self.source, self.check_finite
+        target = self._normalised(source.read(traj, j, check=check), self._mean, self._inv_std)
+        parts = []
+        if not source.info.steady:
+            same = i == j
+            parts.append(target if same else self._normalised(source.read(traj, i, check=check), self._mean,
+                                                              self._inv_std))
+        if source.info.static_names:
+            parts.append(self._normalised(source.read_static(traj, check=check), self._smean, self._inv_sstd))
+        inputs = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return {
+            "pixel_values": torch.from_numpy(inputs),
+            "labels": torch.from_numpy(target),
+            "time": torch.tensor(lead, dtype=torch.float32),
+            "channel_mask": torch.ones(len(self.target_names), dtype=torch.float32),
+        }
+
+
+# ----------------------------------------------------------------------------------------------- sampler
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(x: np.ndarray, key: int) -> np.ndarray:
+    """A 64-bit mixing function (splitmix64 finaliser) keyed by `key`, vectorised over uint64."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64((key * 0x9E3779B97F4A7C15) & _MASK64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def feistel_permutation(positions: np.ndarray, length: int, key: int, rounds: int = 4) -> np.ndarray:
+    """A pseudo-random permutation of [0, length) evaluated at `positions`, in O(1) memory.
+
+    A balanced Feistel network on the next even power of two, with cycle walking back into range: a bijection
+    for any length, deterministic in `key`, without materialising a permutation of a 5M-pair corpus.
+    """
+    bits = max(2, int(length - 1).bit_length())
+    bits += bits % 2
+    half, mask = bits // 2, np.uint64((1 << (bits // 2)) - 1)
+    x = np.asarray(positions, dtype=np.uint64)
+    out = np.empty_like(x)
+    todo = np.ones(len(x), dtype=bool)
+    current = x.copy()
+    while todo.any():
+        v = current[todo]
+        left, right = v >> np.uint64(half), v & mask
+        for r in range(rounds):
+            left, right = right, left ^ (_mix(right, key * 31 + r) & mask)
+        v = (left << np.uint64(half)) | right
+        current[todo] = v
+        done = v < np.uint64(length)
+        idx = np.flatnonzero(todo)
+        out[idx[done]] = v[done]
+        todo[idx[done]] = False
+    return out.astype(np.int64)
+
+
+class RandomPairSampler(Sampler[int]):
+    """Random order over a (possibly huge) pair index, deterministic, resumable, sharded across ranks.
+
+    Each epoch is a pseudo-random permutation of [0, length) (nothing materialised); rank r of w takes
+    positions r, r + w, r + 2w, ... of it, so ranks never draw the same pair in an epoch. `state_dict()`
+    records the epoch and how far this rank got; `load_state_dict()` continues from there exactly.
+
+    Args:
+        length: Size of the index (`len(dataset)`).
+        seed: Base seed; the epoch's permutation depends on (seed, epoch) only.
+        rank, world_size: This process's shard.
+        shuffle: False walks the index in order (evaluation).
+        drop_last: Give every rank the same number of samples (drop the remainder), as DDP needs.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ):
+        if length <= 0:
+            raise DataError("RandomPairSampler: the pair index is empty")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        self.length, self.seed, self.rank, self.world_size = length, seed, rank, world_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.length // self.world_size
+        return -(-(self.length - self.rank) // self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def _global(self, positions: np.ndarray) -> np.ndarray:
+        if not self.shuffle:
+            return positions
+        return feistel_permutation(positions, self.length, key=self.seed * 1_000_003 + self.epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        total = len(self)
+        chunk = 4096
+        while self.position < total:
+            local = np.arange(self.position, min(self.position + chunk, total), dtype=np.int64)
+            for index in self._global(local * self.world_size + self.rank):
+                self.position += 1
+                yield int(index)
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self, consumed: int | None = None) -> dict[str, int]:
+        """The sampler's place. A DataLoader draws indices ahead of the training loop (prefetching): pass
+        `consumed`, the number of samples this rank has trained on in the current epoch, to resume exactly."""
+        position = self.position if consumed is None else consumed
+        return {
+            "epoch": self.epoch,
+            "position": position,
+            "seed": self.seed,
+            "length": self.length,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["length"] != self.length or state["seed"] != self.seed:
+            raise ValueError(
+                f"sampler state is for length {state['length']} / seed {state['seed']}, not {self.length} / {self.seed}"
+            )
+        if state.get("world_size", self.world_size) != self.world_size:
+            raise ValueError(f"sampler state was saved with world size {state['world_size']}, now {self.world_size}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
