@@ -371,3 +371,14 @@ def test_inspect_cli(tmp_path: Path):
         timeout=60,
     )
     assert bad.returncode == 2 and "nope.h5: no such file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pairs_never_alias_or_modify_the_source(tmp_path: Path):
+    fields = RNG.normal(size=(5, 3, 2, 4, 4)).astype(np.float32)
+    original = fields.copy()
+    source = ArraySource(fields, mean=[1.0, 2.0], std=[2.0, 4.0])
+    pairs = All2AllPairs(source, "train")
+    items = [pairs[k] for k in range(len(pairs))]
+    np.testing.assert_array_equal(fields, original)
+    pointers = {t.data_ptr() for item in items for t in (item["pixel_values"], item["labels"])}
+    assert len(pointers) == 2 * len(items)

@@ -81,6 +81,7 @@ def open_source(
     elif layout == "hub":
         from .hub import HubDatasetSource
 
+        options.setdefault("split", "all")  # one source with train/val/test ranges, like every other reader
         source = HubDatasetSource(text, **options)
     else:
         known = ", ".join(["scot", "arrays", "well", "hub", *sorted(LAYOUTS)])

@@ -108,11 +108,13 @@ class All2AllPairs(Dataset):
         a, b = self.pattern[p]
         return self.trajectories[slot], self.snapshots[a], self.snapshots[b], float(self.lead_times[p])
 
-    def _normalised(self, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-        x = np.array(x, dtype=np.float32, copy=True) if not x.flags.writeable else x
-        x -= mean
-        x *= inv_std
-        return x
+    @staticmethod
+    def _normalised(x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
+        # Always a new array: a source may hand out views of its own memory (memmaps, in-memory arrays, row
+        # caches), and the tensors we return must neither alias nor modify it.
+        out = np.subtract(x, mean, dtype=np.float32)
+        out *= inv_std
+        return out
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         traj, i, j, lead = self.locate(int(index))
@@ -121,8 +123,11 @@ class All2AllPairs(Dataset):
         parts = []
         if not source.info.steady:
             same = i == j
-            parts.append(target if same else self._normalised(source.read(traj, i, check=check), self._mean,
-                                                              self._inv_std))
+            parts.append(
+                target.copy()
+                if same
+                else self._normalised(source.read(traj, i, check=check), self._mean, self._inv_std)
+            )
         if source.info.static_names:
             parts.append(self._normalised(source.read_static(traj, check=check), self._smean, self._inv_sstd))
         inputs = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
