@@ -382,3 +382,15 @@ def test_pairs_never_alias_or_modify_the_source(tmp_path: Path):
     np.testing.assert_array_equal(fields, original)
     pointers = {t.data_ptr() for item in items for t in (item["pixel_values"], item["labels"])}
     assert len(pointers) == 2 * len(items)
+
+
+def test_worker_processes_reopen_their_own_files(tmp_path: Path):
+    write_ours(tmp_path / "a.h5", n=6, t=3)
+    with h5py.File(tmp_path / "p.nc", "w") as f:
+        f["data"] = RNG.normal(size=(LAYOUTS["CE-RP"].val + LAYOUTS["CE-RP"].test + 2, 3, 5, 4, 4)).astype(np.float32)
+    for source in (open_source(tmp_path / "a.h5"), open_source(f"CE-RP:{tmp_path / 'p.nc'}")):
+        pairs = All2AllPairs(source, "train")
+        source.read(0, 0)  # the parent has an open handle before the workers fork
+        serial = torch.cat([b["labels"] for b in torch.utils.data.DataLoader(pairs, batch_size=5)])
+        parallel = torch.cat([b["labels"] for b in torch.utils.data.DataLoader(pairs, batch_size=5, num_workers=2)])
+        assert torch.equal(serial, parallel)

@@ -25,6 +25,42 @@ SCHEMA_VERSION = 1
 REQUIRED_ATTRS = ("channel_names", "time_scale", "splits")
 
 
+class H5Handle:
+    """An HDF5 file opened lazily, read-only, and reopened in every process (h5py handles do not survive fork,
+    so each DataLoader worker opens its own). Datasets are looked up once per open file."""
+
+    def __init__(self, path: Path, kind: str = "HDF5"):
+        self.path, self.kind = Path(path), kind
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            if not self.path.exists():
+                raise DataError(f"{self.path}: no such file")
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as error:
+                raise DataError(f"{self.path}: not a readable {self.kind} file ({error})") from None
+            self._pid, self._datasets = os.getpid(), {}
+        return self._file
+
+    def dataset(self, key: str) -> h5py.Dataset:
+        file = self.file()
+        if key not in self._datasets:
+            self._datasets[key] = file[key]
+        return self._datasets[key]
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._datasets = None, {}
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "kind": self.kind, "_file": None, "_pid": None, "_datasets": {}}
+
+
 def _attr(file: h5py.File, path: Path, key: str, default: Any = None) -> Any:
     if key not in file.attrs:
         if default is not None or key not in REQUIRED_ATTRS:
@@ -44,9 +80,8 @@ class H5Source(TrajectorySource):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._file: h5py.File | None = None
-        self._pid = None
-        file = self._open()
+        self._h5 = H5Handle(self.path)
+        file = self._h5.file()
         for key in ("fields", "times"):
             if key not in file:
                 raise DataError(f"{self.path}: missing dataset {key!r} (expected fields [N,T,C,H,W] and times [T])")
@@ -80,39 +115,16 @@ class H5Source(TrajectorySource):
         )
         super().__init__(info, fields.shape)
 
-    def _open(self) -> h5py.File:
-        # h5py handles do not survive fork: each DataLoader worker opens its own.
-        if self._file is None or self._pid != os.getpid():
-            if not self.path.exists():
-                raise DataError(f"{self.path}: no such file")
-            try:
-                self._file = h5py.File(self.path, "r")
-            except OSError as error:
-                raise DataError(f"{self.path}: not a readable HDF5 file ({error})") from None
-            self._pid = os.getpid()
-            self._fields = self._file["fields"] if "fields" in self._file else None
-            self._static = self._file["static"] if "static" in self._file else None
-        return self._file
-
     def _read(self, index: int, snapshot: int) -> np.ndarray:
-        self._open()
-        return self._fields[index, snapshot]
+        return self._h5.dataset("fields")[index, snapshot]
 
     def _read_static(self, index: int) -> np.ndarray:
-        self._open()
-        if self._static is None:
+        if not self.info.static_names:
             return super()._read_static(index)
-        return self._static[index]
+        return self._h5.dataset("static")[index]
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file = None
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.update(_file=None, _pid=None, _fields=None, _static=None)
-        return state
+        self._h5.close()
 
 
 class H5TrajectoryWriter:

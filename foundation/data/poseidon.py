@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from .hdf5 import H5Handle
 from .source import DataError, SourceInfo, TrajectorySource
 
 NS_STD = {"rho": 0.31, "u": 0.391, "v": 0.356, "p": 0.185}
@@ -217,8 +217,8 @@ class PoseidonSource(TrajectorySource):
         if layout not in LAYOUTS:
             raise DataError(f"unknown Poseidon layout {layout!r}; known: {', '.join(layout_names())}")
         self.path, self.layout = Path(path), LAYOUTS[layout]
-        self._file, self._pid = None, None
-        file, lay = self._open(), self.layout
+        self._h5 = H5Handle(self.path, "netCDF4/HDF5")
+        file, lay = self._h5.file(), self.layout
         grouped = lay.name == "Helmholtz"
         if grouped:
             n = sum(1 for k in file.keys() if k.startswith("Sample_"))
@@ -294,25 +294,14 @@ class PoseidonSource(TrajectorySource):
             y = np.arange(h, dtype=np.float32) / h
             self._forcing = (0.1 * np.sin(2 * np.pi * (x[None, :] + y[:, None])))[None].astype(np.float32)
 
-    def _open(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            if not self.path.exists():
-                raise DataError(f"{self.path}: no such file")
-            try:
-                self._file = h5py.File(self.path, "r")
-            except OSError as error:
-                raise DataError(f"{self.path}: not a readable netCDF4/HDF5 file ({error})") from None
-            self._pid = os.getpid()
-        return self._file
-
     def _orient(self, x: np.ndarray) -> np.ndarray:
         return np.swapaxes(x, -1, -2) if self.layout.transpose else x
 
     def _read(self, index: int, snapshot: int) -> np.ndarray:
-        file, lay = self._open(), self.layout
+        lay = self.layout
         if lay.name == "Helmholtz":
-            return file[f"Sample_{index}"]["u"][...].reshape(1, *self.grid)
-        data = file[lay.key]
+            return self._h5.file()[f"Sample_{index}"]["u"][...].reshape(1, *self.grid)
+        data = self._h5.dataset(lay.key)
         if lay.steady:
             x = data[index] if lay.has_channel_dim else data[index][None]
         else:
@@ -322,24 +311,19 @@ class PoseidonSource(TrajectorySource):
         return self._orient(x)
 
     def _read_static(self, index: int) -> np.ndarray:
-        file, lay = self._open(), self.layout
+        lay = self.layout
         if lay.name == "Helmholtz":
-            group = file[f"Sample_{index}"]
+            group = self._h5.file()[f"Sample_{index}"]
             a = group["a"][...].reshape(self.grid) - 1.0  # the reference feeds a - 1
             bc = np.full(self.grid, float(np.asarray(group["bc"][...]).reshape(-1)[0]), dtype=np.float32)
             return np.stack([a, bc]).astype(np.float32)
         if lay.name == "FNS-KF":
             return self._forcing
         if lay.name == "SE-AF":
-            return self._orient(file[lay.key][index, :1])  # the shape mask is the input
+            return self._orient(self._h5.dataset(lay.key)[index, :1])  # the shape mask is the input
         if lay.static_key is None:
             return super()._read_static(index)
-        return self._orient(file[lay.static_key][index][None])
+        return self._orient(self._h5.dataset(lay.static_key)[index][None])
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None, "_pid": None}
+        self._h5.close()
