@@ -394,3 +394,16 @@ def test_worker_processes_reopen_their_own_files(tmp_path: Path):
         serial = torch.cat([b["labels"] for b in torch.utils.data.DataLoader(pairs, batch_size=5)])
         parallel = torch.cat([b["labels"] for b in torch.utils.data.DataLoader(pairs, batch_size=5, num_workers=2)])
         assert torch.equal(serial, parallel)
+
+
+def test_chunks_never_written_read_as_fill_values(tmp_path: Path):
+    write_ours(tmp_path / "a.h5", n=3, t=2)
+    with h5py.File(tmp_path / "holes.h5", "w") as f:  # our schema written by another tool, with holes
+        with h5py.File(tmp_path / "a.h5") as src:
+            for key, value in src.attrs.items():
+                f.attrs[key] = value
+            f["times"] = src["times"][...]
+        d = f.create_dataset("fields", (3, 2, 2, 8, 8), dtype="f4", chunks=(1, 1, 2, 8, 8))
+        d[0, 0] = 1.0
+    source = open_source(tmp_path / "holes.h5")
+    assert source.read(0, 0).min() == 1.0 and source.read(2, 1).max() == 0.0

@@ -114,9 +114,20 @@ class H5Source(TrajectorySource):
             provenance=_attr(file, self.path, "provenance", {}) or {},
         )
         super().__init__(info, fields.shape)
+        # What the solvers write, one uncompressed float32 chunk per snapshot, is read as the raw chunk: about
+        # twice as fast as h5py's selection machinery, which dominates the cost of a 4 x 128 x 128 read.
+        n_filters = fields.id.get_create_plist().get_nfilters()
+        self._raw_chunks = fields.chunks == (1, 1, *fields.shape[2:]) and n_filters == 0 and fields.dtype == "<f4"
 
     def _read(self, index: int, snapshot: int) -> np.ndarray:
-        return self._h5.dataset("fields")[index, snapshot]
+        fields = self._h5.dataset("fields")
+        if self._raw_chunks:
+            try:
+                _, raw = fields.id.read_direct_chunk((index, snapshot, 0, 0, 0))
+            except (KeyError, ValueError, OSError, RuntimeError):  # a chunk never written: h5py returns its fill value
+                return fields[index, snapshot]
+            return np.frombuffer(raw, dtype="<f4").reshape(self.shape[2:])  # read-only: pairs copy as they normalise
+        return fields[index, snapshot]
 
     def _read_static(self, index: int) -> np.ndarray:
         if not self.info.static_names:
