@@ -1,0 +1,410 @@
+"""Pretraining scOT on all2all pairs with accelerate: one CPU process, DDP, or DeepSpeed ZeRO 1-3.
+
+Parallelism and precision come from the launcher (`accelerate launch --config_file launch/accelerate/...`);
+they are decided here, in one place, and logged with the reason. The data pipeline shards itself
+(`RandomPairSampler` per rank), so the DataLoader is not handed to accelerate.
+
+Checkpoints are the full training state (model, optimizer and scheduler through `accelerator.save_state`,
+sharded by DeepSpeed when it runs; sampler position; step; non-finite counter), written into a hidden folder
+and renamed into place once every rank has finished, the last `keep_last` kept. A resumed run continues the
+uninterrupted run's loss curve exactly. The final model is exported with `save_pretrained` (safetensors +
+config with channels, grid, normalisation and time scale), consolidated from ZeRO-3 shards when needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from foundation import ScOT, ScOTConfig
+from foundation.data import All2AllPairs, Mixture, RandomPairSampler, open_source
+from foundation.metrics import relative_error_per_sample, summary
+
+from .config import DataArguments, ModelArguments, TrainArguments
+
+logger = logging.getLogger("pretrain")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is intact."""
+
+
+# ----------------------------------------------------------------------------------------------- set-up
+def build_accelerator(train: TrainArguments):
+    """The Accelerator, with the choices the launcher leaves to us made explicit and logged."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+    handlers = []
+    if not torch.cuda.is_available():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # gloo is the CPU backend; accelerate would otherwise pick one DeepSpeed cannot use on the CPU.
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        try:  # DeepSpeed JIT-compiles a shared-memory op at every CPU start (~40 s) unless told not to
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        except ImportError:
+            pass
+    log_with = None if train.tracker == "none" else train.tracker
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        log_with=log_with,
+        project_dir=train.output_dir,
+        kwargs_handlers=handlers,
+    )
+    plugin = accelerator.state.deepspeed_plugin
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds = plugin.deepspeed_config
+        # We shard the data ourselves, so accelerate cannot read the micro-batch from a DataLoader.
+        ds["train_micro_batch_size_per_gpu"] = train.batch_size
+        ds["gradient_accumulation_steps"] = train.gradient_accumulation_steps
+        ds["gradient_clipping"] = train.max_grad_norm if train.max_grad_norm > 0 else 0.0
+        ds.setdefault(
+            "train_batch_size", train.batch_size * train.gradient_accumulation_steps * accelerator.num_processes
+        )
+        if ds.get("zero_optimization", {}).get("stage") == 3:
+            ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True  # export needs it
+        if train.precision == "bf16":
+            ds["bf16"] = {"enabled": True}
+    accelerator.print(
+        f"[pretrain] {accelerator.num_processes} process(es), {accelerator.distributed_type.value} on "
+        f"{accelerator.device}; precision {train.precision} "
+        + (
+            "(DeepSpeed bf16 engine: bf16 weights and activations, fp32 master weights)"
+            if plugin and train.precision == "bf16"
+            else "(parameters in bf16, FFTs and norm statistics in fp32 inside the model)"
+            if train.precision == "bf16"
+            else "(fp32 everywhere)"
+        )
+    )
+    return accelerator
+
+
+def build_data(data: DataArguments, seed: int, rank: int, world: int):
+    """Sources -> all2all pairs -> one Mixture on the channel vocabulary; the train sampler of this rank."""
+    sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
+    options = dict(stride=data.stride, max_snapshots=data.max_snapshots, include_identity=data.include_identity)
+    train_parts = [All2AllPairs(s, "train", **options) for s in sources]
+    val_parts = [All2AllPairs(s, "val", **options) for s in sources]
+    vocabulary = list(data.channels) if data.channels else []
+    if not vocabulary:
+        for part in train_parts:
+            vocabulary += [c for c in part.input_names if c not in vocabulary]
+    targets = [c for c in vocabulary if any(c in p.target_names for p in train_parts)]
+    stats = channel_statistics(sources, vocabulary)
+    mean, std = [stats[c][0] for c in vocabulary], [stats[c][1] for c in vocabulary]
+    train_set = Mixture(train_parts, vocabulary, targets, weights=data.weights, input_mean=mean, input_std=std)
+    val_set = Mixture(val_parts, vocabulary, targets, input_mean=mean, input_std=std)
+    sampler = RandomPairSampler(len(train_set), seed=seed, rank=rank, world_size=world)
+    return sources, train_set, val_set, sampler, vocabulary, targets, stats
+
+
+def channel_statistics(sources, vocabulary: list[str]) -> dict[str, tuple[float, float]]:
+    """Per vocabulary channel (mean, std) from the first dataset that has it (state or static field)."""
+    stats: dict[str, tuple[float, float]] = {}
+    for source in sources:
+        info = source.info
+        for name, m, s in zip(info.channel_names, info.mean, info.std):
+            stats.setdefault(name, (float(m), float(s)))
+        for name, m, s in zip(info.static_names, info.static_mean or [], info.static_std or []):
+            stats.setdefault(name, (float(m), float(s)))
+    return {c: stats.get(c, (0.0, 1.0)) for c in vocabulary}
+
+
+def build_model(model_args: ModelArguments, vocabulary, targets, stats, grid) -> ScOT:
+    if model_args.init_from:
+        model = ScOT.from_pretrained(model_args.init_from)
+        have, want = model.config.channel_names, list(vocabulary)
+        if have != want or model.config.output_channel_names != list(targets):
+            raise ValueError(
+                f"--init_from {model_args.init_from} has channels {have} -> "
+                f"{model.config.output_channel_names}; the data needs {want} -> {list(targets)} "
+                f"(fine-tuning does channel surgery; pretraining continues a run as it is)"
+            )
+        return model
+    config = ScOTConfig.from_preset(
+        model_args.preset,
+        channel_names=list(vocabulary),
+        output_channel_names=list(targets),
+        input_mean=[stats[c][0] for c in vocabulary],
+        input_std=[stats[c][1] for c in vocabulary],
+        output_mean=[stats[c][0] for c in targets],
+        output_std=[stats[c][1] for c in targets],
+        image_size=list(grid) if grid[0] != grid[1] else grid[0],
+        input_resampling=model_args.input_resampling,
+        time_scale=1.0,  # pairs carry lead times already divided by each dataset's time scale
+    )
+    return ScOT(config)
+
+
+def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+class Pretrainer:
+    """One pretraining run: build, train (resuming if a checkpoint exists), evaluate, export."""
+
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments):
+        from accelerate.utils import set_seed
+
+        self.model_args, self.data_args, self.args = model_args, data_args, train_args
+        self.out = Path(train_args.output_dir)
+        self.accelerator = acc = build_accelerator(train_args)
+        set_seed(train_args.seed)  # identical initial weights on every rank
+        (self.sources, self.train_set, self.val_set, self.sampler, self.vocabulary, self.targets, self.stats) = (
+            build_data(data_args, train_args.seed, acc.process_index, acc.num_processes)
+        )
+        grid = self.sources[0].grid
+        model = build_model(model_args, self.vocabulary, self.targets, self.stats, grid)
+        if model_args.gradient_checkpointing:
+            model.activation_checkpointing_enable()
+        if train_args.precision == "bf16" and acc.state.deepspeed_plugin is None:
+            model = model.to(torch.bfloat16)
+        self.group_names = self._group_names(model.config)
+        self.config = model.config
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=train_args.learning_rate, weight_decay=train_args.weight_decay
+        )
+        scheduler = cosine_with_warmup(
+            optimizer, train_args.warmup_steps, train_args.max_steps, train_args.min_lr_ratio
+        )
+        if model_args.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=train_args.batch_size,
+            sampler=self.sampler,
+            num_workers=data_args.num_workers,
+            drop_last=True,
+            persistent_workers=data_args.num_workers > 0,
+        )
+        self.step, self.epoch, self.consumed, self.nonfinite = 0, 0, 0, 0
+        self.history: list[dict] = []
+
+    @staticmethod
+    def _group_names(config: ScOTConfig) -> list[str]:
+        groups = config.channel_slice_list_normalized_loss
+        names = config.output_channel_names
+        return ["+".join(names[a:b]) for a, b in zip(groups[:-1], groups[1:])]
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _complete_checkpoints(self) -> list[Path]:
+        if not self.checkpoints.exists():
+            return []
+        done = [p for p in self.checkpoints.glob("step-*") if (p / "trainer_state.json").exists()]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        final = self.checkpoints / f"step-{self.step:07d}"
+        partial = self.checkpoints / f".partial-step-{self.step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "consumed": self.consumed,
+                "nonfinite": self.nonfinite,
+                "world_size": acc.num_processes,
+                "sampler": self.sampler.state_dict(consumed=self.consumed),
+            }
+            (partial / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)  # readers see the previous checkpoints or this complete one
+            for old in self._complete_checkpoints()[: -self.args.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def maybe_resume(self) -> bool:
+        if not self.args.resume:
+            return False
+        done = self._complete_checkpoints()
+        if not done:
+            return False
+        last = done[-1]
+        state = json.loads((last / "trainer_state.json").read_text())
+        if state["world_size"] != self.accelerator.num_processes:
+            raise ValueError(
+                f"{last}: saved by {state['world_size']} processes, resumed with "
+                f"{self.accelerator.num_processes}; resume with the same world size"
+            )
+        self.accelerator.load_state(str(last))
+        self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
+        self.nonfinite = state["nonfinite"]
+        self.sampler.load_state_dict({**state["sampler"], "epoch": self.epoch, "position": self.consumed})
+        self.accelerator.print(f"[pretrain] resumed from {last} (step {self.step})")
+        return True
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        acc, model = self.accelerator, self.model
+        model.eval()
+        n = min(self.data_args.eval_pairs, len(self.val_set))
+        picks = np.linspace(0, len(self.val_set) - 1, n).round().astype(int)[acc.process_index :: acc.num_processes]
+        per_rank = math.ceil(n / acc.num_processes)
+        errors = torch.full((per_rank, len(self.group_names)), float("nan"), device=acc.device)
+        groups = self.config.channel_slice_list_normalized_loss
+        for start in range(0, len(picks), self.args.batch_size):
+            items = [self.val_set[int(k)] for k in picks[start : start + self.args.batch_size]]
+            batch = {k: torch.stack([it[k] for it in items]).to(acc.device) for k in items[0] if k != "dataset"}
+            pred = model(pixel_values=batch["pixel_values"], time=batch["time"]).output
+            errors[start : start + len(items)] = relative_error_per_sample(
+                pred, batch["labels"], groups, channel_mask=batch["channel_mask"]
+            )
+        gathered = acc.gather(errors)
+        gathered = gathered[~torch.isnan(gathered).all(dim=1)]
+        model.train()
+        return summary(gathered.cpu(), self.group_names)
+
+    # ------------------------------------------------------------------ training
+    def _batches(self):
+        while True:
+            yield from self.loader
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self.sampler.set_epoch(self.epoch)
+
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        acc, args = self.accelerator, self.args
+        resumed = self.maybe_resume()
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if args.tracker != "none":
+            acc.init_trackers("pretrain", config=_flat_config(self.model_args, self.data_args, args))
+        losses_file = self.out / "losses.jsonl"
+        if acc.is_main_process and not resumed and losses_file.exists():
+            losses_file.unlink()
+        if acc.is_main_process and resumed and losses_file.exists():  # drop entries past the checkpoint
+            kept = [line for line in losses_file.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            losses_file.write_text("".join(k + "\n" for k in kept))
+        self.model.train()
+        batches = self._batches()
+        bar = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_main_process, desc="pretrain")
+        start, seen = time.perf_counter(), 0
+        while self.step < args.max_steps:
+            step_loss = torch.zeros((), device=acc.device)
+            skipped = False
+            for _ in range(args.gradient_accumulation_steps):
+                batch = next(batches)
+                self.consumed += args.batch_size
+                batch = {k: v.to(acc.device) for k, v in batch.items() if k != "dataset"}
+                with acc.accumulate(self.model):
+                    loss = self.model(**batch).loss
+                    bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
+                    if bad.item() > 0:  # every rank skips together, or the collectives would hang
+                        skipped = True
+                        self.optimizer.zero_grad()
+                        continue
+                    acc.backward(loss)
+                    if acc.sync_gradients and args.max_grad_norm > 0 and acc.state.deepspeed_plugin is None:
+                        acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                    step_loss += loss.detach() / args.gradient_accumulation_steps
+            if skipped:
+                self.nonfinite += 1
+                acc.print(f"[pretrain] step {self.step + 1}: non-finite loss, step skipped ({self.nonfinite} in a row)")
+                if self.nonfinite >= args.max_nonfinite_steps:
+                    raise NonFiniteLoss(
+                        f"{self.nonfinite} non-finite losses in a row at step {self.step + 1}; the "
+                        f"last good checkpoint in {self.checkpoints} is intact"
+                    )
+                continue
+            self.nonfinite = 0
+            self.step += 1
+            seen += args.batch_size * args.gradient_accumulation_steps * acc.num_processes
+            mean_loss = acc.reduce(step_loss, "mean").item()
+            lr = self.scheduler.get_last_lr()[0]
+            if acc.is_main_process:
+                with losses_file.open("a") as f:
+                    f.write(json.dumps({"step": self.step, "loss": mean_loss, "lr": lr}) + "\n")
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+            bar.update(1)
+            if self.step % args.log_every == 0 and args.tracker != "none":
+                acc.log({"train/loss": mean_loss, "train/lr": lr, "train/samples_per_s": rate}, step=self.step)
+            if args.eval_every and self.step % args.eval_every == 0 and self.step < args.max_steps:
+                metrics = self.evaluate()
+                if args.tracker != "none":
+                    acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)
+            if (args.save_every and self.step % args.save_every == 0) or self.step == args.max_steps:
+                self.save_checkpoint()
+            if args.stop_after is not None and self.step >= args.stop_after:
+                bar.close()
+                return {"stopped_at": self.step}
+        bar.close()
+        metrics = self.evaluate()
+        export = self.export(metrics)
+        if args.tracker != "none":
+            acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)
+            acc.end_training()
+        return {"step": self.step, "metrics": metrics, "model": str(export)}
+
+    def export(self, metrics: dict) -> Path:
+        """save_pretrained folder of the final model (consolidated from ZeRO-3 shards when needed)."""
+        acc = self.accelerator
+        state = acc.get_state_dict(self.model)
+        folder = self.out / "model"
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(self.model)
+            unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
+            state = {k: v.float().cpu() for k, v in state.items()} if state is not None else None
+            unwrapped.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            datasets = [
+                {
+                    "spec": spec,
+                    "channels": s.info.channel_names,
+                    "static": s.info.static_names,
+                    "mean": s.info.mean,
+                    "std": s.info.std,
+                    "time_scale": s.info.time_scale,
+                    "pde": s.info.pde,
+                    "provenance": s.info.provenance,
+                }
+                for spec, s in zip(self.data_args.datasets, self.sources)
+            ]
+            (folder / "training_data.json").write_text(json.dumps(datasets, indent=2, default=str))
+            (self.out / "metrics.json").write_text(json.dumps({"step": self.step, **metrics}, indent=2))
+        acc.wait_for_everyone()
+        return folder
+
+
+def _flat_config(*parts) -> dict:
+    out = {}
+    for part in parts:
+        for key, value in asdict(part).items():
+            out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
