@@ -6,17 +6,28 @@ Also under `accelerate launch [--config_file launch/accelerate/<setup>.yaml] -m 
 from __future__ import annotations
 
 import json
+import sys
+
+from foundation.data import DataError
 
 from .config import parse_args
-from .trainer import Pretrainer
+from .trainer import NonFiniteLoss, Pretrainer
 
 
-def main() -> None:
+def main() -> int:
     model_args, data_args, train_args = parse_args()  # parse
-    trainer = Pretrainer(model_args, data_args, train_args)  # build
-    result = trainer.train()  # run
+    try:
+        trainer = Pretrainer(model_args, data_args, train_args)  # build
+        result = trainer.train()  # run
+    except (DataError, ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     trainer.accelerator.print(json.dumps(result, indent=2))  # close
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

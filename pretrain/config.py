@@ -67,6 +67,9 @@ class TrainArguments:
     tracker: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb or none."})
     resume: bool = field(default=True, metadata={"help": "Continue from the last checkpoint in output_dir."})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "Stop after this many non-finite losses in a row."})
+    peak_tflops: float | None = field(
+        default=None, metadata={"help": "Datasheet peak TFLOP/s per device for the MFU (default: measured)."}
+    )
     stop_after: int | None = field(
         default=None, metadata={"help": "Stop (as if killed) after this step; for tests of resumption."}
     )

@@ -149,6 +149,38 @@ def build_model(model_args: ModelArguments, vocabulary, targets, stats, grid) ->
     return ScOT(config)
 
 
+def train_flops_per_sample(config: ScOTConfig, grid: tuple[int, int]) -> float:
+    """Forward + backward FLOPs of one sample, counted once on the meta device (no memory, no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = ScOT(config)
+        x, t = torch.zeros(1, config.num_channels, *grid), torch.zeros(1)
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=x, time=t).output.sum().backward()
+    return float(counter.get_total_flops())
+
+
+def peak_flops(device: torch.device, precision: str, datasheet_tflops: float | None) -> tuple[float, str]:
+    """FLOP/s the MFU is relative to: a datasheet figure if given, else a large matmul measured here."""
+    if datasheet_tflops:
+        return datasheet_tflops * 1e12, "datasheet"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, reps = time.perf_counter(), 5
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start), f"measured ({n}x{n} {precision} matmul)"
+
+
 def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
     def factor(step: int) -> float:
         if step < warmup:
@@ -181,6 +213,8 @@ class Pretrainer:
             model = model.to(torch.bfloat16)
         self.group_names = self._group_names(model.config)
         self.config = model.config
+        self.flops_per_sample = train_flops_per_sample(model.config, grid)
+        self.peak, self.peak_source = peak_flops(acc.device, train_args.precision, train_args.peak_tflops)
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=train_args.learning_rate, weight_decay=train_args.weight_decay
         )
@@ -199,6 +233,7 @@ class Pretrainer:
             persistent_workers=data_args.num_workers > 0,
         )
         self.step, self.epoch, self.consumed, self.nonfinite = 0, 0, 0, 0
+        self.throughput: dict | None = None
         self.history: list[dict] = []
 
     @staticmethod
@@ -312,7 +347,7 @@ class Pretrainer:
         self.model.train()
         batches = self._batches()
         bar = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_main_process, desc="pretrain")
-        start, seen = time.perf_counter(), 0
+        start, seen, first_step = time.perf_counter(), 0, self.step
         while self.step < args.max_steps:
             step_loss = torch.zeros((), device=acc.device)
             skipped = False
@@ -345,17 +380,34 @@ class Pretrainer:
                 continue
             self.nonfinite = 0
             self.step += 1
-            seen += args.batch_size * args.gradient_accumulation_steps * acc.num_processes
+            if self.step - first_step == 2:  # the first steps pay for allocation and warm-up
+                start, seen = time.perf_counter(), 0
+            elif self.step - first_step > 2:
+                seen += args.batch_size * args.gradient_accumulation_steps
             mean_loss = acc.reduce(step_loss, "mean").item()
             lr = self.scheduler.get_last_lr()[0]
             if acc.is_main_process:
                 with losses_file.open("a") as f:
                     f.write(json.dumps({"step": self.step, "loss": mean_loss, "lr": lr}) + "\n")
-            rate = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+            rate = seen / max(time.perf_counter() - start, 1e-9)  # per process
+            self.throughput = {"samples_per_s_per_process": rate, "mfu": rate * self.flops_per_sample / self.peak}
+            bar.set_postfix(
+                loss=f"{mean_loss:.4f}",
+                lr=f"{lr:.2e}",
+                samples_s=f"{rate:.1f}",
+                mfu=f"{100 * self.throughput['mfu']:.1f}%",
+            )
             bar.update(1)
             if self.step % args.log_every == 0 and args.tracker != "none":
-                acc.log({"train/loss": mean_loss, "train/lr": lr, "train/samples_per_s": rate}, step=self.step)
+                acc.log(
+                    {
+                        "train/loss": mean_loss,
+                        "train/lr": lr,
+                        "train/samples_per_s": rate,
+                        "train/mfu": self.throughput["mfu"],
+                    },
+                    step=self.step,
+                )
             if args.eval_every and self.step % args.eval_every == 0 and self.step < args.max_steps:
                 metrics = self.evaluate()
                 if args.tracker != "none":
@@ -364,14 +416,27 @@ class Pretrainer:
                 self.save_checkpoint()
             if args.stop_after is not None and self.step >= args.stop_after:
                 bar.close()
-                return {"stopped_at": self.step}
+                return {"stopped_at": self.step, **self.performance()}
         bar.close()
         metrics = self.evaluate()
         export = self.export(metrics)
         if args.tracker != "none":
             acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)
             acc.end_training()
-        return {"step": self.step, "metrics": metrics, "model": str(export)}
+        return {"step": self.step, "metrics": metrics, "model": str(export), **self.performance()}
+
+    def performance(self) -> dict:
+        """Throughput per process and the MFU estimate (model FLOPs over the peak it is relative to)."""
+        out = {
+            "train_gflop_per_sample": round(self.flops_per_sample / 1e9, 3),
+            "peak_tflops": round(self.peak / 1e12, 3),
+            "peak_source": self.peak_source,
+            "processes": self.accelerator.num_processes,
+        }
+        if getattr(self, "throughput", None):
+            out["samples_per_s_per_process"] = round(self.throughput["samples_per_s_per_process"], 3)
+            out["mfu"] = round(self.throughput["mfu"], 4)
+        return out
 
     def export(self, metrics: dict) -> Path:
         """save_pretrained folder of the final model (consolidated from ZeRO-3 shards when needed)."""

@@ -143,3 +143,63 @@ def test_recipe_typos_and_bad_values_are_refused(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--datasets", "x.h5", "--precision", "fp8"])
     assert "--precision must be fp32 or bf16" in capsys.readouterr().err
+
+
+def test_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint(tmp_path: Path):
+    folder = tmp_path / "data"
+    ns = generate("ns-sines", 6, 16, folder / "ns.h5", snapshots=4, seed=0, batch=6, progress=False)
+    out = tmp_path / "run"
+    argv = [
+        "--preset",
+        "tiny",
+        "--datasets",
+        str(ns),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "10",
+        "--save_every",
+        "1",
+        "--batch_size",
+        "4",
+        "--learning_rate",
+        "1e12",
+        "--warmup_steps",
+        "0",
+        "--max_grad_norm",
+        "0",
+        "--tracker",
+        "none",
+        "--max_nonfinite_steps",
+        "2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain", *argv], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env
+    )
+    assert proc.returncode == 3 and "2 non-finite losses in a row" in proc.stderr and "Traceback" not in proc.stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000001"]
+    assert (out / "checkpoints" / "step-0000001" / "trainer_state.json").exists()
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path: Path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain",
+            "--datasets",
+            str(tmp_path / "nope.h5"),
+            "--tracker",
+            "none",
+            "--output_dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert proc.returncode == 2 and "nope.h5: no such file" in proc.stderr and "Traceback" not in proc.stderr
