@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -346,7 +347,13 @@ class Pretrainer:
             losses_file.write_text("".join(k + "\n" for k in kept))
         self.model.train()
         batches = self._batches()
-        bar = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_main_process, desc="pretrain")
+        bar = tqdm(
+            total=args.max_steps,
+            initial=self.step,
+            disable=not acc.is_main_process,
+            desc="pretrain",
+            mininterval=0.1 if sys.stderr.isatty() else 10.0,
+        )  # logs and CI get a line every 10 s
         start, seen, first_step = time.perf_counter(), 0, self.step
         while self.step < args.max_steps:
             step_loss = torch.zeros((), device=acc.device)
