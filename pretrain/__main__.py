@@ -25,7 +25,9 @@ def main() -> int:
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    trainer.accelerator.print(json.dumps(result, indent=2))  # close
+    if trainer.accelerator.is_main_process:  # close
+        (trainer.out / "result.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
     return 0
 
 

@@ -59,7 +59,10 @@ def build_accelerator(train: TrainArguments):
         except ImportError:
             pass
     log_with = None if train.tracker == "none" else train.tracker
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
+        # Without cpu=True a multi-process CPU launch trains unsynchronised copies; with it DeepSpeed is dropped.
+        cpu=not torch.cuda.is_available() and not deepspeed,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         log_with=log_with,
         project_dir=train.output_dir,
@@ -323,6 +326,43 @@ class Pretrainer:
         model.train()
         return summary(gathered.cpu(), self.group_names)
 
+    @torch.no_grad()
+    def rollout_check(self, trajectories: int = 2) -> dict[str, float]:
+        """Autoregressive rollout (one snapshot interval per call) vs one direct call, to the last snapshot.
+
+        Reported as the median relative L1 (%) at the final time over a few validation trajectories per
+        dataset; only for datasets whose inputs are the outputs (no static fields).
+        """
+        acc, model = self.accelerator, self.model
+        model.eval()
+        errors = {"direct": [], "rollout": []}
+        groups = self.config.channel_slice_list_normalized_loss
+        for k, part in enumerate(self.val_set.parts):
+            if part.source.info.static_names or part.source.info.steady or len(part.snapshots) < 3:
+                continue
+            pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
+            last = len(part.snapshots) - 1
+            for slot in range(min(trajectories, len(part.trajectories))):
+                base = slot * len(part.pattern)
+                direct = self.val_set.item(k, base + pattern[(0, last)])
+                device = acc.device
+                truth, mask = direct["labels"][None].to(device), direct["channel_mask"][None].to(device)
+                x = direct["pixel_values"][None].to(device)
+                fill = x.clone()
+                pred = model(pixel_values=x, time=direct["time"][None].to(device)).output
+                errors["direct"].append(relative_error_per_sample(pred, truth, groups, channel_mask=mask))
+                for step in range(last):
+                    one = self.val_set.item(k, base + pattern[(step, step + 1)])
+                    x = model(pixel_values=x, time=one["time"][None].to(device)).output
+                    x = torch.where(mask[:, :, None, None] > 0, x, fill)  # absent channels keep their fill
+                errors["rollout"].append(relative_error_per_sample(x, truth, groups, channel_mask=mask))
+        model.train()
+        out = {}
+        for name, values in errors.items():
+            if values:
+                out[f"{name}_final_median_rel_l1"] = float(torch.nanmedian(torch.cat(values)).cpu())
+        return out
+
     # ------------------------------------------------------------------ training
     def _batches(self):
         while True:
@@ -426,6 +466,8 @@ class Pretrainer:
                 return {"stopped_at": self.step, **self.performance()}
         bar.close()
         metrics = self.evaluate()
+        if self.vocabulary == self.targets:  # a rollout needs outputs that can be fed back as inputs
+            metrics.update({f"rollout/{k}": v for k, v in self.rollout_check().items()})
         export = self.export(metrics)
         if args.tracker != "none":
             acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)

@@ -99,6 +99,7 @@ def test_single_process_run_resumes_exactly_and_exports(corpus, tmp_path: Path):
     assert model.config.channel_names == ["rho", "u", "v", "p"] and model.config.image_size == 16
     metrics = json.loads((straight / "metrics.json").read_text())
     assert metrics["step"] == 8 and 0 < metrics["median_rel_l1/mean"] < 1000
+    assert metrics["rollout/rollout_final_median_rel_l1"] > 0 and metrics["rollout/direct_final_median_rel_l1"] > 0
     assert {d["spec"] for d in json.loads((straight / "model" / "training_data.json").read_text())} == set(
         map(str, corpus)
     )
@@ -203,3 +204,10 @@ def test_missing_dataset_is_a_one_line_error(tmp_path: Path):
         env=env,
     )
     assert proc.returncode == 2 and "nope.h5: no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ddp_two_cpu_processes_are_synchronised(corpus, tmp_path: Path):
+    out = tmp_path / "ddp"
+    proc = _run(_args(corpus, out, "--stop_after", "3"), _accelerate("cpu-2proc-ddp.yaml"))
+    assert "2 process(es), MULTI_CPU" in proc.stdout + proc.stderr
+    assert json.loads((out / "result.json").read_text())["processes"] == 2

@@ -105,7 +105,10 @@ class Mixture(Dataset):
         return k, (local * size // virtual + self.epoch * 7919) % size if virtual < size else local % size
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        k, local = self.locate(int(index))
+        return self.item(*self.locate(int(index)))
+
+    def item(self, k: int, local: int) -> dict[str, torch.Tensor]:
+        """Pair `local` of dataset `k`, mapped onto the vocabulary."""
         item = self.parts[k][local]
         in_map, out_map, mask = self.maps[k]
         x, y = item["pixel_values"], item["labels"]
