@@ -13,6 +13,7 @@ config with channels, grid, normalisation and time scale), consolidated from ZeR
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -63,6 +64,8 @@ def build_accelerator(train: TrainArguments):
     accelerator = Accelerator(
         # Without cpu=True a multi-process CPU launch trains unsynchronised copies; with it DeepSpeed is dropped.
         cpu=not torch.cuda.is_available() and not deepspeed,
+        # bf16 without DeepSpeed is autocast over fp32 master weights (DeepSpeed's bf16 is set in its config).
+        mixed_precision="bf16" if train.precision == "bf16" and not deepspeed else "no",
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         log_with=log_with,
         project_dir=train.output_dir,
@@ -88,7 +91,7 @@ def build_accelerator(train: TrainArguments):
         + (
             "(DeepSpeed bf16 engine: bf16 weights and activations, fp32 master weights)"
             if plugin and train.precision == "bf16"
-            else "(parameters in bf16, FFTs and norm statistics in fp32 inside the model)"
+            else "(autocast: bf16 matmuls over fp32 master weights; FFTs and norm statistics in fp32)"
             if train.precision == "bf16"
             else "(fp32 everywhere)"
         )
@@ -213,8 +216,6 @@ class Pretrainer:
         model = build_model(model_args, self.vocabulary, self.targets, self.stats, grid)
         if model_args.gradient_checkpointing:
             model.activation_checkpointing_enable()
-        if train_args.precision == "bf16" and acc.state.deepspeed_plugin is None:
-            model = model.to(torch.bfloat16)
         self.group_names = self._group_names(model.config)
         self.config = model.config
         self.flops_per_sample = train_flops_per_sample(model.config, grid)
@@ -495,8 +496,13 @@ class Pretrainer:
         if acc.is_main_process:
             unwrapped = acc.unwrap_model(self.model)
             unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
-            state = {k: v.float().cpu() for k, v in state.items()} if state is not None else None
-            unwrapped.save_pretrained(folder, state_dict=state, safe_serialization=True)
+            # A fresh fp32 copy: the trained module may hold bf16 weights (DeepSpeed bf16) and its config
+            # would then tell every later from_pretrained to load in bf16.
+            config = copy.deepcopy(unwrapped.config)
+            config.dtype = torch.float32
+            fresh = ScOT(config)
+            fresh.load_state_dict({k: v.float().cpu() for k, v in state.items()})
+            fresh.save_pretrained(folder, safe_serialization=True)
             datasets = [
                 {
                     "spec": spec,

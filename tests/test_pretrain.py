@@ -211,3 +211,18 @@ def test_ddp_two_cpu_processes_are_synchronised(corpus, tmp_path: Path):
     proc = _run(_args(corpus, out, "--stop_after", "3"), _accelerate("cpu-2proc-ddp.yaml"))
     assert "2 process(es), MULTI_CPU" in proc.stdout + proc.stderr
     assert json.loads((out / "result.json").read_text())["processes"] == 2
+
+
+def test_bf16_deepspeed_and_gradient_checkpointing_runs(corpus, tmp_path: Path):
+    proc = _run(
+        _args(corpus, tmp_path / "ds", "--precision", "bf16", "--max_steps", "3", "--save_every", "0"),
+        _accelerate("cpu-2proc-zero2.yaml"),
+    )
+    assert "DeepSpeed bf16 engine" in proc.stdout + proc.stderr
+    losses = _losses(tmp_path / "ds")
+    assert len(losses) == 3 and all(0 < v < 10 for v in losses)
+    assert ScOT.from_pretrained(tmp_path / "ds" / "model").dtype == torch.float32
+    single = tmp_path / "gc"
+    _run(_args(corpus, single, "--precision", "bf16", "--gradient_checkpointing", "true", "--max_steps", "3"))
+    model = ScOT.from_pretrained(single / "model")
+    assert model.dtype == torch.float32  # exported in fp32 whatever the training precision
