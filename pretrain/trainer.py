@@ -302,6 +302,7 @@ class Pretrainer:
         self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
         self.nonfinite = state["nonfinite"]
         self.sampler.load_state_dict({**state["sampler"], "epoch": self.epoch, "position": self.consumed})
+        self.train_set.set_epoch(self.epoch)
         self.accelerator.print(f"[pretrain] resumed from {last} (step {self.step})")
         return True
 
@@ -370,6 +371,7 @@ class Pretrainer:
             yield from self.loader
             self.epoch, self.consumed = self.epoch + 1, 0
             self.sampler.set_epoch(self.epoch)
+            self.train_set.set_epoch(self.epoch)  # moves the sub-sampling of down-weighted datasets
 
     def train(self) -> dict:
         from tqdm.auto import tqdm
