@@ -446,6 +446,7 @@ class Pretrainer:
                 lr=f"{lr:.2e}",
                 samples_s=f"{rate:.1f}",
                 mfu=f"{100 * self.throughput['mfu']:.1f}%",
+                refresh=False,  # update() redraws, at most every mininterval
             )
             bar.update(1)
             if self.step % args.log_every == 0 and args.tracker != "none":
