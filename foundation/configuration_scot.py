@@ -267,6 +267,16 @@ class ScOTConfig(PretrainedConfig):
         return translate_config_dict(config_dict, source=str(pretrained_model_name_or_path)), kwargs
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """As transformers', with invalid values reported against the config file they came from."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as error:
+            if str(pretrained_model_name_or_path) in str(error):
+                raise
+            raise ValueError(f"{pretrained_model_name_or_path}/config.json: {error}") from error
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
         return super().from_dict(translate_config_dict(dict(config_dict), source="config dict"), **kwargs)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -607,6 +608,10 @@ class ScOT(ScOTPreTrainedModel):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
             )
+        except SafetensorError as error:  # truncated or corrupt weights: name the file, not a Rust header parser
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: model.safetensors is truncated or corrupt ({error})"
+            ) from error
         except OSError as error:  # transformers' messages do not always say which repo or folder failed
             if str(pretrained_model_name_or_path) in str(error):
                 raise

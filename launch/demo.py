@@ -114,7 +114,7 @@ def main() -> None:
     timings["pretrain_s"] = round(time.perf_counter() - start, 1)
 
     model = ScOT.from_pretrained(result["model"]).eval()
-    plot_path = args.out / "predictions.png"
+    plot_path = args.out / "pretrain" / "predictions.png"  # in the run folder, where the card finds it
     plot_predictions(model, trainer.val_set, plot_path)
     losses = [json.loads(line)["loss"] for line in (args.out / "pretrain" / "losses.jsonl").read_text().splitlines()]
     summary = {

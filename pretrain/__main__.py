@@ -25,8 +25,7 @@ def main() -> int:
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    if trainer.accelerator.is_main_process:  # close
-        (trainer.out / "result.json").write_text(json.dumps(result, indent=2))
+    if trainer.accelerator.is_main_process:  # close (the trainer also wrote it to output_dir/result.json)
         print(json.dumps(result, indent=2))
     return 0
 

@@ -308,25 +308,46 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, breakdown: bool = False) -> dict:
+        """Median relative L1 (%) per channel group on a fixed subset of validation pairs (all ranks together).
+
+        With `breakdown`, also per dataset and per lead time (under "by_dataset" / "by_lead_time"), for the
+        model card.
+        """
         acc, model = self.accelerator, self.model
         model.eval()
         n = min(self.data_args.eval_pairs, len(self.val_set))
         picks = np.linspace(0, len(self.val_set) - 1, n).round().astype(int)[acc.process_index :: acc.num_processes]
         per_rank = math.ceil(n / acc.num_processes)
-        errors = torch.full((per_rank, len(self.group_names)), float("nan"), device=acc.device)
+        # columns: one per channel group, then dataset index and lead time
+        errors = torch.full((per_rank, len(self.group_names) + 2), float("nan"), device=acc.device)
         groups = self.config.channel_slice_list_normalized_loss
         for start in range(0, len(picks), self.args.batch_size):
             items = [self.val_set[int(k)] for k in picks[start : start + self.args.batch_size]]
-            batch = {k: torch.stack([it[k] for it in items]).to(acc.device) for k in items[0] if k != "dataset"}
+            batch = {k: torch.stack([it[k] for it in items]).to(acc.device) for k in items[0]}
             pred = model(pixel_values=batch["pixel_values"], time=batch["time"]).output
-            errors[start : start + len(items)] = relative_error_per_sample(
+            rows = slice(start, start + len(items))
+            errors[rows, :-2] = relative_error_per_sample(
                 pred, batch["labels"], groups, channel_mask=batch["channel_mask"]
             )
-        gathered = acc.gather(errors)
-        gathered = gathered[~torch.isnan(gathered).all(dim=1)]
+            errors[rows, -2], errors[rows, -1] = batch["dataset"].float(), batch["time"].float()
+        gathered = acc.gather(errors).cpu()
+        gathered = gathered[~torch.isnan(gathered[:, :-2]).all(dim=1)]
         model.train()
-        return summary(gathered.cpu(), self.group_names)
+        out: dict = summary(gathered[:, :-2], self.group_names)
+        if breakdown:
+            names = [Path(spec).stem if ":" not in spec else spec.split(":")[0] for spec in self.data_args.datasets]
+            out["by_dataset"] = {
+                names[k]: summary(gathered[gathered[:, -2] == k][:, :-2], self.group_names)
+                for k in range(len(names))
+                if (gathered[:, -2] == k).any()
+            }
+            leads = torch.round(gathered[:, -1] * 100) / 100
+            out["by_lead_time"] = {
+                f"{float(t):.2f}": summary(gathered[leads == t][:, :-2], self.group_names)["median_rel_l1/mean"]
+                for t in torch.unique(leads)
+            }
+        return out
 
     @torch.no_grad()
     def rollout_check(self, trajectories: int = 2) -> dict[str, float]:
@@ -380,6 +401,16 @@ class Pretrainer:
         resumed = self.maybe_resume()
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+            run_args = {
+                "model": asdict(self.model_args),
+                "data": asdict(self.data_args),
+                "train": asdict(args),
+                "processes": acc.num_processes,
+                "distributed": acc.distributed_type.value,
+                "device": str(acc.device),
+                "torch": torch.__version__,
+            }
+            (self.out / "run_args.json").write_text(json.dumps(run_args, indent=2, default=str))
         if args.tracker != "none":
             acc.init_trackers("pretrain", config=_flat_config(self.model_args, self.data_args, args))
         losses_file = self.out / "losses.jsonl"
@@ -467,16 +498,22 @@ class Pretrainer:
                 self.save_checkpoint()
             if args.stop_after is not None and self.step >= args.stop_after:
                 bar.close()
-                return {"stopped_at": self.step, **self.performance()}
+                result = {"stopped_at": self.step, **self.performance()}
+                if acc.is_main_process:
+                    (self.out / "result.json").write_text(json.dumps(result, indent=2))
+                return result
         bar.close()
-        metrics = self.evaluate()
+        metrics = self.evaluate(breakdown=True)
         if self.vocabulary == self.targets:  # a rollout needs outputs that can be fed back as inputs
             metrics.update({f"rollout/{k}": v for k, v in self.rollout_check().items()})
         export = self.export(metrics)
         if args.tracker != "none":
-            acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)
+            acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=self.step)
             acc.end_training()
-        return {"step": self.step, "metrics": metrics, "model": str(export), **self.performance()}
+        result = {"step": self.step, "metrics": metrics, "model": str(export), **self.performance()}
+        if acc.is_main_process:
+            (self.out / "result.json").write_text(json.dumps(result, indent=2))
+        return result
 
     def performance(self) -> dict:
         """Throughput per process and the MFU estimate (model FLOPs over the peak it is relative to)."""

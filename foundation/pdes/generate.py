@@ -85,7 +85,7 @@ def generate(
                     pde={"id": family_id, **{k: v for k, v in merged.items() if k != "dtype"}},
                     domain=family.domain,
                     provenance={
-                        "solver": f"foundation.pdes.{family.simulate.__module__.split('.')[-1]}",
+                        "solver": getattr(family.simulate, "func", family.simulate).__module__,  # partials too
                         "settings": result.settings,
                         "seed": seed,
                         "batch": batch,

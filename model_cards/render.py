@@ -1,0 +1,347 @@
+"""Model and dataset cards rendered from structured run metadata (huggingface_hub's card tools).
+
+A pretraining run directory holds everything a card needs: `model/config.json` (architecture, channels,
+grid, normalisation, time scale), `model/training_data.json` (datasets with provenance), `run_args.json`
+(hyperparameters, hardware), `metrics.json` (median relative L1 per channel group, dataset and lead time),
+`result.json` (throughput, MFU) and an optional `predictions.png`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+MODEL_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+A scalable multiscale operator transformer (scOT, the architecture of Poseidon) that maps the state of a PDE
+at time t to its state at t + lead time. {{ summary }}
+
+## Architecture
+
+| | |
+|---|---|
+| size | {{ size }} ({{ parameters }} parameters) |
+| grid | {{ grid }} (patch {{ patch }}, window {{ window }}, depths {{ depths }}, embed {{ embed }}) |
+| input channels | {{ inputs }} |
+| output channels | {{ outputs }} |
+| lead time | {{ lead_time }} |
+| other grids | {{ resampling }} |
+
+## Training data
+
+{{ data_table }}
+
+## Training procedure
+
+{{ procedure }}
+
+## Evaluation
+
+Median over validation pairs of the per-sample relative L1 error (%), per channel group, then averaged over
+groups (the Poseidon metric).
+
+{{ eval_table }}
+{{ lead_table }}
+{{ plot }}
+
+## How to use
+
+```python
+import torch
+from foundation import ScOT
+
+model = ScOT.from_pretrained("{{ repo_id }}")
+fields = torch.randn(1, {{ n_in }}, {{ grid_h }}, {{ grid_w }})   # physical units, channels {{ inputs }}
+prediction = model.predict(fields, lead_time={{ example_lead }})  # physical lead time
+```
+
+`model(pixel_values=..., time=...)` takes normalised inputs (`model.normalize`) and lead times in units of
+`config.time_scale`.
+
+## Limitations
+
+{{ limitations }}
+
+## Citation
+
+```bibtex
+@inproceedings{herde2024poseidon,
+  title     = {Poseidon: Efficient Foundation Models for PDEs},
+  author    = {Herde, Maximilian and Raoni{\\'c}, Bogdan and Rohner, Tobias and K{\\"a}ppeli, Roger and
+               Molinaro, Roberto and de B{\\'e}zenac, Emmanuel and Mishra, Siddhartha},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2024}
+}
+```
+"""
+
+DATASET_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ pretty_name }}
+
+{{ description }}
+
+| | |
+|---|---|
+| PDE | {{ pde }} |
+| trajectories | {{ n }} ({{ splits }}) |
+| snapshots | {{ t }} at times {{ times }} (time scale {{ time_scale }}) |
+| grid | {{ grid }} |
+| channels | {{ channels }} |
+| static fields | {{ statics }} |
+| domain | {{ domain }} |
+
+## Normalisation (training split)
+
+{{ stats_table }}
+
+## Provenance
+
+```json
+{{ provenance }}
+```
+
+## Layout
+
+One HDF5 file: `fields` float32 [N, T, C, H, W] chunked per snapshot, `times` float64 [T], optional `static`
+float32 [N, S, H, W]; metadata as JSON root attributes. Open it with
+`foundation.data.open_source("<file>")`.
+"""
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect_run(run_dir: str | Path) -> dict[str, Any]:
+    """Everything a model card says, read from a pretraining (or fine-tuning) run directory."""
+    run = Path(run_dir)
+    config = _read_json(run / "model" / "config.json")
+    if config is None:
+        raise FileNotFoundError(f"{run}/model/config.json: not a finished run (no exported model)")
+    return {
+        "run_dir": str(run),
+        "config": config,
+        "datasets": _read_json(run / "model" / "training_data.json") or [],
+        "args": _read_json(run / "run_args.json") or {},
+        "metrics": _read_json(run / "metrics.json") or {},
+        "result": _read_json(run / "result.json") or {},
+        "plot": "predictions.png" if (run / "predictions.png").exists() else None,
+        "parameters": _count_parameters(run / "model" / "model.safetensors"),
+    }
+
+
+def _count_parameters(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return sum(int(_numel(f.get_slice(k).get_shape())) for k in f.keys())
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _size_name(config: dict) -> str:
+    embed, depths = config.get("embed_dim"), config.get("depths")
+    for name, (e, d) in {
+        "T": (48, [4, 4, 4, 4]),
+        "B": (96, [8, 8, 8, 8]),
+        "L": (192, [8, 8, 8, 8]),
+        "tiny": (24, [2, 2, 2, 2]),
+    }.items():
+        if embed == e and depths == d:
+            return name
+    return "custom"
+
+
+def render_model_card(
+    meta: dict[str, Any],
+    repo_id: str,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    limitations: str | None = None,
+) -> ModelCard:
+    """A ModelCard (YAML front matter with model-index, then the sections) for the run in `meta`."""
+    config, metrics, args = meta["config"], meta["metrics"], meta["args"]
+    train = args.get("train", {})
+    name = repo_id.split("/")[-1]
+    size = _size_name(config)
+    groups = [k.split("/", 1)[1] for k in metrics if k.startswith("median_rel_l1/") and k != "median_rel_l1/mean"]
+    eval_results = []
+    for dataset, values in (metrics.get("by_dataset") or {}).items():
+        for group, value in values.items():
+            eval_results.append(
+                EvalResult(
+                    task_type="time-series-forecasting",
+                    task_name="PDE operator learning",
+                    dataset_type=dataset,
+                    dataset_name=dataset,
+                    dataset_split="validation",
+                    metric_type="median_relative_l1",
+                    metric_name=f"median relative L1 (%) {group.split('/', 1)[1]}",
+                    metric_value=round(value, 3),
+                )
+            )
+    if not eval_results and "median_rel_l1/mean" in metrics:
+        eval_results.append(
+            EvalResult(
+                task_type="time-series-forecasting",
+                dataset_type="validation",
+                dataset_name="validation pairs",
+                metric_type="median_relative_l1",
+                metric_name="median relative L1 (%)",
+                metric_value=round(metrics["median_rel_l1/mean"], 3),
+            )
+        )
+    datasets = [d.get("provenance", {}).get("source") or Path(d["spec"].split(":")[-1]).stem for d in meta["datasets"]]
+    card_data = ModelCardData(
+        license=license,
+        library_name="pde-foundation",
+        model_name=name,
+        base_model=base_model,
+        tags=["pde", "neural-operator", "scot", "poseidon", "physics", f"scot-{size}"],
+        datasets=datasets or None,
+        metrics=["median_relative_l1"],
+        eval_results=eval_results or None,
+    )
+    grid = config["image_size"] if isinstance(config["image_size"], list) else [config["image_size"]] * 2
+    data_rows = ["| dataset | PDE | channels | static | time scale | provenance |", "|---|---|---|---|---|---|"]
+    for d in meta["datasets"]:
+        pde = d.get("pde", {}).get("id", "")
+        prov = d.get("provenance", {})
+        origin = prov.get("solver") or prov.get("layout") or prov.get("source") or ""
+        seed = f", seed {prov['seed']}" if "seed" in prov else ""
+        data_rows.append(
+            f"| `{d['spec']}` | {pde} | {', '.join(d['channels'])} | {', '.join(d['static']) or '-'} "
+            f"| {d['time_scale']:g} | {origin}{seed} |"
+        )
+    result = meta["result"]
+    procedure = "\n".join(
+        [
+            f"- optimiser AdamW, peak learning rate {train.get('learning_rate')}, weight decay "
+            f"{train.get('weight_decay')}, {train.get('warmup_steps')} warm-up steps then cosine decay "
+            f"(floor {train.get('min_lr_ratio')}), gradient clipping {train.get('max_grad_norm')}",
+            f"- {train.get('max_steps')} steps, batch {train.get('batch_size')} per process x "
+            f"{args.get('processes', 1)} process(es) x {train.get('gradient_accumulation_steps')} accumulation, "
+            f"precision {train.get('precision')}, seed {train.get('seed')}",
+            f"- all2all pairs: stride {args.get('data', {}).get('stride')}, identity pairs "
+            f"{args.get('data', {}).get('include_identity')}; loss: relative L1 per channel group, channels a "
+            f"dataset lacks masked out",
+            f"- hardware: {args.get('distributed', '?')} on {args.get('device', '?')}, torch {args.get('torch', '?')}",
+            f"- throughput: {result.get('samples_per_s_per_process', '?')} samples/s per process, MFU "
+            f"{result.get('mfu', '?')} ({result.get('train_gflop_per_sample', '?')} GFLOP per sample, peak "
+            f"{result.get('peak_tflops', '?')} TFLOP/s {result.get('peak_source', '')})",
+        ]
+    )
+    eval_rows = ["| dataset | " + " | ".join(groups) + " | mean |", "|---|" + "---|" * (len(groups) + 1)]
+    for dataset, values in (metrics.get("by_dataset") or {"all": metrics}).items():
+        cells = [f"{values[f'median_rel_l1/{g}']:.2f}" if f"median_rel_l1/{g}" in values else "-" for g in groups]
+        eval_rows.append(f"| {dataset} | " + " | ".join(cells) + f" | {values.get('median_rel_l1/mean', 0):.2f} |")
+    leads = metrics.get("by_lead_time") or {}
+    lead_table = ""
+    if leads:
+        lead_table = (
+            "\n| lead time | " + " | ".join(leads) + " |\n|---|" + "---|" * len(leads) + "\n| mean median "
+            "rel. L1 (%) | " + " | ".join(f"{v:.2f}" for v in leads.values()) + " |\n"
+        )
+    rollout = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("rollout/")}
+    if rollout:
+        lead_table += (
+            "\nTo the last snapshot: one direct call "
+            f"{rollout.get('direct_final_median_rel_l1', float('nan')):.2f}% vs autoregressive rollout "
+            f"{rollout.get('rollout_final_median_rel_l1', float('nan')):.2f}%.\n"
+        )
+    return ModelCard.from_template(
+        card_data,
+        template_str=MODEL_TEMPLATE,
+        model_name=name,
+        repo_id=repo_id,
+        size=size,
+        summary=(f"Fine-tuned from `{base_model}`." if base_model else "Pretrained with the pde-foundation toolkit."),
+        parameters=f"{meta['parameters']:,}" if meta.get("parameters") else "?",
+        grid=f"{grid[0]} x {grid[1]}",
+        grid_h=grid[0],
+        grid_w=grid[1],
+        patch=config["patch_size"],
+        window=config["window_size"],
+        depths=config["depths"],
+        embed=config["embed_dim"],
+        inputs=", ".join(config["channel_names"]),
+        outputs=", ".join(config["output_channel_names"]),
+        n_in=len(config["channel_names"]),
+        lead_time=f"continuous; 1.0 = {config.get('time_scale', 1.0):g} time units (the span of a stored trajectory)",
+        example_lead=config.get("time_scale", 1.0) / 2,
+        resampling=(
+            "Fourier-resampled to the model grid and back"
+            if config.get("input_resampling") == "fourier"
+            else "run natively (padding to patch and window multiples)"
+        ),
+        data_table="\n".join(data_rows),
+        procedure=procedure,
+        eval_table="\n".join(eval_rows),
+        lead_table=lead_table,
+        plot=f"\n![predictions against ground truth]({meta['plot']})\n" if meta.get("plot") else "",
+        limitations=limitations
+        or (
+            "Trained on the datasets above only: other PDEs, boundary conditions, grids far from the training grid "
+            "and lead times beyond 1.0 are extrapolation. Errors are medians over validation pairs; tails are worse. "
+            "Channels a dataset lacks were masked, so the model's predictions for them on such inputs are untrained."
+        ),
+    )
+
+
+def render_dataset_card(source, repo_id: str, license: str = "apache-2.0") -> DatasetCard:
+    """A DatasetCard for a trajectory source (e.g. one written by `foundation.pdes`)."""
+    info = source.info
+    n, t, c, h, w = source.shape
+    card_data = DatasetCardData(
+        license=license,
+        pretty_name=repo_id.split("/")[-1],
+        tags=["pde", "physics", info.pde.get("id", "pde")],
+        task_categories=["time-series-forecasting"],
+        size_categories=["n<1K" if n < 1000 else "1K<n<10K"],
+    )
+    rows = ["| channel | mean | std |", "|---|---|---|"]
+    for name, m, s in zip(info.channel_names, info.mean or [], info.std or []):
+        rows.append(f"| {name} | {m:.6g} | {s:.6g} |")
+    for name, m, s in zip(info.static_names, info.static_mean or [], info.static_std or []):
+        rows.append(f"| {name} (static) | {m:.6g} | {s:.6g} |")
+    times = [float(x) for x in info.times]
+    return DatasetCard.from_template(
+        card_data,
+        template_str=DATASET_TEMPLATE,
+        pretty_name=repo_id.split("/")[-1],
+        description=(
+            f"Trajectories of `{info.pde.get('id', 'a PDE')}` generated with the pde-foundation toolkit's "
+            "built-in solvers."
+            if "solver" in info.provenance
+            else "PDE trajectories."
+        ),
+        pde=json.dumps(info.pde),
+        n=n,
+        splits=", ".join(f"{k} {v[0]}-{v[1]}" for k, v in info.splits.items()),
+        t=t,
+        times=f"{times[0]:g} ... {times[-1]:g}",
+        time_scale=f"{info.time_scale:g}",
+        grid=f"{h} x {w}",
+        channels=", ".join(info.channel_names),
+        statics=", ".join(info.static_names) or "-",
+        domain=json.dumps(info.domain),
+        stats_table="\n".join(rows),
+        provenance=json.dumps(info.provenance, indent=2),
+    )

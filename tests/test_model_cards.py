@@ -1,0 +1,168 @@
+"""Cards from real run metadata, release folders, the dry-run publish, and loading/saving official checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from huggingface_hub import DatasetCard, ModelCard
+from safetensors.torch import load_file
+
+from foundation import ScOT
+from foundation.data import open_source
+from model_cards import collect_run, render_dataset_card, render_model_card
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "launch" / "demo.py"),
+            "--out",
+            str(out),
+            "--trajectories",
+            "8",
+            "--resolution",
+            "16",
+            "--steps",
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 40 steps may not beat the untrained model
+    return out / "pretrain"
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "model_cards", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+    )
+
+
+def test_model_card_front_matter_parses_and_carries_the_metrics(run_dir: Path, tmp_path: Path):
+    meta = collect_run(run_dir)
+    card = render_model_card(meta, "me/scot-tiny-demo", base_model="camlab-ethz/Poseidon-T")
+    path = tmp_path / "README.md"
+    card.save(path)
+    loaded = ModelCard.load(path)  # huggingface_hub's own parser and validation
+    data = loaded.data.to_dict()
+    assert data["license"] == "apache-2.0" and data["library_name"] == "pde-foundation"
+    assert data["base_model"] == "camlab-ethz/Poseidon-T" and "scot-tiny" in data["tags"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    results = {(r.dataset_name, r.metric_name): r.metric_value for r in loaded.data.eval_results}
+    for dataset, values in metrics["by_dataset"].items():
+        for key, value in values.items():
+            assert results[(dataset, f"median relative L1 (%) {key.split('/', 1)[1]}")] == round(value, 3)
+    text = loaded.text
+    assert "2,912,672 parameters" in text and "rho, u, v, p" in text and "predictions.png" in text
+    assert 'ScOT.from_pretrained("me/scot-tiny-demo")' in text and "| lead time |" in text
+    assert "samples/s per process" in text and "ns-sines" in text
+
+
+def test_dataset_card_of_a_generated_file(run_dir: Path, tmp_path: Path):
+    source = open_source(run_dir.parent / "data" / "ce-rp.h5")
+    card = render_dataset_card(source, "me/ce-rp-small")
+    card.save(tmp_path / "README.md")
+    loaded = DatasetCard.load(tmp_path / "README.md")
+    assert "ce-rp" in loaded.data.to_dict()["tags"]
+    assert "| rho |" in loaded.text and "foundation.pdes.euler" in loaded.text and "8 (train 0-6" in loaded.text
+
+
+def test_dry_run_publish_lists_exactly_the_files_and_operations(run_dir: Path, tmp_path: Path):
+    release = tmp_path / "release"
+    secret = "hf_" + "x" * 30
+    proc = _cli(
+        "publish",
+        str(run_dir),
+        "--repo-id",
+        "me/scot-tiny-demo",
+        "--release-dir",
+        str(release),
+        "--revision",
+        "v1",
+        "--private",
+        "--dry-run",
+        env={"HF_TOKEN": secret},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    plan = json.loads(proc.stdout)
+    expected = [
+        "README.md",
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+        "predictions.png",
+        "training_data.json",
+    ]
+    assert plan["files"] == expected and sorted(p.name for p in release.iterdir()) == expected
+    assert [op["op"] for op in plan["operations"]] == ["create_repo", "create_branch", "upload_folder"]
+    assert plan["operations"][0]["private"] is True and plan["operations"][-1]["revision"] == "v1"
+    assert plan["operations"][-1]["files"] == expected
+    assert ScOT.from_pretrained(release).config.channel_names == ["rho", "u", "v", "p"]  # the release loads
+    again = _cli("publish", str(run_dir), "--repo-id", "me/x", "--release-dir", str(release), "--dry-run")
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr and "Traceback" not in again.stderr
+    forced = _cli(
+        "publish", str(run_dir), "--repo-id", "me/x", "--release-dir", str(release), "--dry-run", "--overwrite"
+    )
+    assert forced.returncode == 0 and [o["op"] for o in json.loads(forced.stdout)["operations"]] == [
+        "create_repo",
+        "upload_folder",
+    ]
+
+
+def test_render_of_an_unfinished_run_is_a_clear_error(tmp_path: Path):
+    proc = _cli("render", str(tmp_path), "--repo-id", "me/x")
+    assert proc.returncode == 2 and "not a finished run" in proc.stderr
+
+
+def test_official_checkpoint_saved_in_our_format_loses_nothing(fixtures_dir: Path, tmp_path: Path):
+    official = ScOT.from_pretrained(fixtures_dir / "scot-tiny").eval()
+    official.save_pretrained(tmp_path / "ours")
+    ours = ScOT.from_pretrained(tmp_path / "ours").eval()
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "scot"
+    reference = load_file(fixtures_dir / "scot-tiny" / "model.safetensors")
+    saved = load_file(tmp_path / "ours" / "model.safetensors")
+    assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in reference)
+    assert ours.config.channel_names == ["rho", "u", "v", "p"] and ours.config.input_std[3] == 0.185
+    io = load_file(fixtures_dir / "scot-tiny" / "io.safetensors")
+    with torch.no_grad():
+        assert torch.equal(
+            ours(pixel_values=io["input_32"], time=io["time_32"]).output,
+            official(pixel_values=io["input_32"], time=io["time_32"]).output,
+        )
+
+
+def test_corrupt_weights_and_bad_statistics_name_the_file(fixtures_dir: Path, tmp_path: Path):
+    source = fixtures_dir / "scot-tiny"
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    shutil.copy(source / "config.json", truncated / "config.json")
+    (truncated / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes()[:100_000])
+    with pytest.raises(ValueError, match=f"{truncated}: model.safetensors is truncated or corrupt"):
+        ScOT.from_pretrained(truncated)
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    shutil.copy(source / "model.safetensors", stats / "model.safetensors")
+    config = json.loads((source / "config.json").read_text())
+    config["input_std"] = [0.3, 0.4, 0.4]
+    (stats / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"stats/config.json: .*input_std has 3 entries, expected 4"):
+        ScOT.from_pretrained(stats)
