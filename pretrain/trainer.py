@@ -130,7 +130,20 @@ def channel_statistics(sources, vocabulary: list[str]) -> dict[str, tuple[float,
     return {c: stats.get(c, (0.0, 1.0)) for c in vocabulary}
 
 
-def build_model(model_args: ModelArguments, vocabulary, targets, stats, grid) -> ScOT:
+def build_model(model_args: ModelArguments, vocabulary, targets, stats, grid, time_scale: float = 1.0) -> ScOT:
+    """A new model of the preset, or `--init_from` a checkpoint; either way its config describes the data.
+
+    The pairs are normalised with the datasets' statistics and their lead times divided by the datasets' time
+    scales, so the config gets those (of the first dataset having each channel; every dataset's own values
+    are exported in training_data.json) and `predict` on physical fields matches what training saw.
+    """
+    data_stats = dict(
+        input_mean=[stats[c][0] for c in vocabulary],
+        input_std=[stats[c][1] for c in vocabulary],
+        output_mean=[stats[c][0] for c in targets],
+        output_std=[stats[c][1] for c in targets],
+        time_scale=time_scale,
+    )
     if model_args.init_from:
         model = ScOT.from_pretrained(model_args.init_from)
         have, want = model.config.channel_names, list(vocabulary)
@@ -138,20 +151,18 @@ def build_model(model_args: ModelArguments, vocabulary, targets, stats, grid) ->
             raise ValueError(
                 f"--init_from {model_args.init_from} has channels {have} -> "
                 f"{model.config.output_channel_names}; the data needs {want} -> {list(targets)} "
-                f"(fine-tuning does channel surgery; pretraining continues a run as it is)"
+                f"(channel surgery is fine-tuning's job; pretraining continues a model as it is)"
             )
+        for key, value in data_stats.items():
+            setattr(model.config, key, value)
         return model
     config = ScOTConfig.from_preset(
         model_args.preset,
         channel_names=list(vocabulary),
         output_channel_names=list(targets),
-        input_mean=[stats[c][0] for c in vocabulary],
-        input_std=[stats[c][1] for c in vocabulary],
-        output_mean=[stats[c][0] for c in targets],
-        output_std=[stats[c][1] for c in targets],
         image_size=list(grid) if grid[0] != grid[1] else grid[0],
         input_resampling=model_args.input_resampling,
-        time_scale=1.0,  # pairs carry lead times already divided by each dataset's time scale
+        **data_stats,
     )
     return ScOT(config)
 
@@ -213,7 +224,9 @@ class Pretrainer:
             build_data(data_args, train_args.seed, acc.process_index, acc.num_processes)
         )
         grid = self.sources[0].grid
-        model = build_model(model_args, self.vocabulary, self.targets, self.stats, grid)
+        model = build_model(
+            model_args, self.vocabulary, self.targets, self.stats, grid, time_scale=self.sources[0].info.time_scale
+        )
         if model_args.gradient_checkpointing:
             model.activation_checkpointing_enable()
         self.group_names = self._group_names(model.config)

@@ -13,6 +13,7 @@ import torch
 from conftest import REPO_ROOT
 
 from foundation import ScOT
+from foundation.data import open_source
 from foundation.pdes import generate
 from pretrain.config import parse_args
 
@@ -226,3 +227,34 @@ def test_bf16_deepspeed_and_gradient_checkpointing_runs(corpus, tmp_path: Path):
     _run(_args(corpus, single, "--precision", "bf16", "--gradient_checkpointing", "true", "--max_steps", "3"))
     model = ScOT.from_pretrained(single / "model")
     assert model.dtype == torch.float32  # exported in fp32 whatever the training precision
+
+
+def test_full_fine_tuning_of_a_published_checkpoint(fixtures_dir: Path, tmp_path: Path):
+    """`--init_from` a Poseidon-layout checkpoint continues training all weights on new data (same channels)."""
+    data = generate("ce-rp", 6, 32, tmp_path / "ce.h5", snapshots=4, seed=0, batch=6, progress=False)
+    out = tmp_path / "ft"
+    _run(
+        [
+            "--init_from",
+            str(fixtures_dir / "scot-tiny"),
+            "--datasets",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--batch_size",
+            "4",
+            "--tracker",
+            "none",
+            "--eval_pairs",
+            "4",
+        ]
+    )
+    tuned = ScOT.from_pretrained(out / "model")
+    base = ScOT.from_pretrained(fixtures_dir / "scot-tiny")
+    assert tuned.config.channel_names == base.config.channel_names == ["rho", "u", "v", "p"]
+    changed = [k for k, v in base.state_dict().items() if not torch.equal(v, tuned.state_dict()[k])]
+    assert len(changed) == len(base.state_dict())  # every tensor was trained
+    stats = open_source(data).info  # the config now describes the data the weights were tuned on
+    assert tuned.config.input_mean == pytest.approx(stats.mean) and tuned.config.time_scale == stats.time_scale
