@@ -35,6 +35,7 @@ def test_demo_generates_pretrains_evaluates_and_plots(tmp_path: Path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 80 and summary["pairs"]["train"] > 0
     assert summary["val_after"]["median_rel_l1/mean"] < summary["val_before"]["median_rel_l1/mean"]
+    assert set(summary["val_by_dataset"]) == {"ns-sines", "ce-rp"}
     assert Path(summary["plot"]).stat().st_size > 10_000  # a real PNG
     assert ScOT.from_pretrained(summary["model"]).config.channel_names == ["rho", "u", "v", "p"]
     assert (tmp_path / "pretrain" / "metrics.json").exists()

@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory) -> Path:
         timeout=600,
         cwd=REPO_ROOT,
     )
-    assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 40 steps may not beat the untrained model
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "pretrain"
 
 
