@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from foundation.data import All2AllPairs, H5TrajectoryWriter, RandomPairSampler, open_source
+from foundation.data.memory import keep_freed_memory
 
 TARGET_PAIRS_PER_S = 3000
 
@@ -69,8 +70,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--dir", type=Path, default=None, help="where to write the corpus (default: a temp dir)")
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc's thresholds as they are")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    tuned = False if args.default_malloc else keep_freed_memory()  # as the trainer does
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "corpus.h5"
         write_corpus(path, args.trajectories, args.snapshots, args.resolution)
@@ -89,6 +92,7 @@ def main() -> None:
                 "corpus_mb": round(size_mb, 1),
                 "pairs_in_index": len(pairs),
                 "batch": args.batch,
+                "malloc_keeps_freed_memory": tuned,
                 "results": results,
                 "target_pairs_per_s": TARGET_PAIRS_PER_S,
                 "meets_target": {str(r["workers"]): r["pairs_per_s"] >= TARGET_PAIRS_PER_S for r in results},

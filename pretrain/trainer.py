@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from foundation import ScOT, ScOTConfig
 from foundation.data import All2AllPairs, Mixture, RandomPairSampler, open_source
+from foundation.data.memory import keep_freed_memory
 from foundation.metrics import relative_error_per_sample, summary
 
 from .config import DataArguments, ModelArguments, TrainArguments
@@ -217,6 +218,7 @@ class Pretrainer:
         from accelerate.utils import set_seed
 
         self.model_args, self.data_args, self.args = model_args, data_args, train_args
+        keep_freed_memory()  # batches reuse freed memory instead of page-faulting fresh mmaps every step
         self.out = Path(train_args.output_dir)
         self.accelerator = acc = build_accelerator(train_args)
         set_seed(train_args.seed)  # identical initial weights on every rank

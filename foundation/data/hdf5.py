@@ -122,11 +122,12 @@ class H5Source(TrajectorySource):
     def _read(self, index: int, snapshot: int) -> np.ndarray:
         fields = self._h5.dataset("fields")
         if self._raw_chunks:
+            out = np.empty(self.shape[2:], dtype="<f4")  # a fresh, owned array: pairs normalise it in place
             try:
-                _, raw = fields.id.read_direct_chunk((index, snapshot, 0, 0, 0))
+                fields.id.read_direct_chunk((index, snapshot, 0, 0, 0), out=out.reshape(-1).view(np.uint8))
             except (KeyError, ValueError, OSError, RuntimeError):  # a chunk never written: h5py returns its fill value
                 return fields[index, snapshot]
-            return np.frombuffer(raw, dtype="<f4").reshape(self.shape[2:])  # read-only: pairs copy as they normalise
+            return out
         return fields[index, snapshot]
 
     def _read_static(self, index: int) -> np.ndarray:

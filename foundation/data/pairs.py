@@ -110,9 +110,14 @@ class All2AllPairs(Dataset):
 
     @staticmethod
     def _normalised(x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
-        # Always a new array: a source may hand out views of its own memory (memmaps, in-memory arrays, row
-        # caches), and the tensors we return must neither alias nor modify it.
-        out = np.subtract(x, mean, dtype=np.float32)
+        # In place only on a fresh array the read made for us (it owns its memory and is writeable); views of a
+        # source's memory (memmaps, in-memory arrays) and read-only cached rows get a new array, so the tensors
+        # we return never alias or modify the source. Saving the copy matters: it is a third of the work.
+        if x.flags.owndata and x.flags.writeable and x.dtype == np.float32:
+            out = x
+            out -= mean
+        else:
+            out = np.subtract(x, mean, dtype=np.float32)
         out *= inv_std
         return out
 

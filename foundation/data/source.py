@@ -94,7 +94,11 @@ class TrajectorySource(ABC):
     # ------------------------------------------------------------------ reading
     @abstractmethod
     def _read(self, index: int, snapshot: int) -> np.ndarray:
-        """One snapshot [C, H, W] (float32) of trajectory `index`."""
+        """One snapshot [C, H, W] (float32) of trajectory `index`.
+
+        Either a fresh array the caller may modify (it owns its memory), or a view / read-only array of memory
+        the source keeps (a cached row must be handed out read-only): consumers modify only the former.
+        """
 
     def _read_static(self, index: int) -> np.ndarray:
         """Static fields [S, H, W] of trajectory `index`."""
