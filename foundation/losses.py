@@ -49,3 +49,25 @@ def relative_lp_loss(
         present.append((weight[:, start:stop].sum() > 0).float())
     losses_t, present_t = torch.stack(losses), torch.stack(present)
     return (losses_t * present_t).sum() / present_t.sum().clamp_min(1.0)
+
+
+def negative_sobolev_norm(
+    u: Tensor, s: float = 1.0, alpha: float = 1.0, lengths: tuple[float, float] = (1.0, 1.0), squared: bool = True
+) -> Tensor:
+    """H^-s norm of periodic fields (..., H, W), exactly by Parseval: sum_k (alpha + |k|^2)^-s |u_k|^2.
+
+    `u_k` are the Fourier coefficients normalised so that sum_k |u_k|^2 = mean(u^2) (norm="forward"), and k the
+    angular wavenumbers of a box of side `lengths`. s = 0 gives the mean square; larger s weighs low
+    frequencies more (Spectral-Refiner's loss, e.g. on the residual or on prediction - target); alpha = 0 leaves
+    the mean out (the homogeneous seminorm). FFTs in fp64.
+    Returns one value per leading index (the squared norm unless `squared=False`).
+    """
+    h, w = u.shape[-2:]
+    coeffs = torch.fft.fft2(u.to(torch.float64), norm="forward")
+    ky = torch.fft.fftfreq(h, d=lengths[0] / h, device=u.device, dtype=torch.float64) * 2 * torch.pi
+    kx = torch.fft.fftfreq(w, d=lengths[1] / w, device=u.device, dtype=torch.float64) * 2 * torch.pi
+    base = alpha + ky[:, None] ** 2 + kx[None, :] ** 2
+    # alpha = 0 is the homogeneous seminorm: the mean (k = 0) carries no weight instead of an infinite one.
+    weight = torch.where(base > 0, base.clamp_min(1e-300) ** (-s), torch.zeros_like(base))
+    norm2 = (weight * coeffs.abs() ** 2).sum(dim=(-2, -1))
+    return norm2 if squared else norm2.sqrt()
