@@ -1,0 +1,99 @@
+"""Channel surgery by name: a pretrained scOT adapted to a new PDE's input and output channels.
+
+The reference re-initialises the whole embedding and recovery when the channel count changes. Here the
+weights of channels the model knows are kept (matched by name), and new channels start where they cannot
+disturb the known ones: new input channels with zero embedding weights, new output channels with fresh
+recovery weights and no mixing into the known outputs. With the known channels a superset of the old ones,
+the known outputs are exactly the pretrained model's at step 0. The body (everything between embedding and
+recovery) is copied unchanged; fine-tuning wraps the model, it never edits the model file.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from foundation import ScOT
+
+
+def adapt_channels(
+    model: ScOT,
+    channel_names: list[str],
+    output_channel_names: list[str],
+    input_stats: dict[str, tuple[float, float]] | None = None,
+    output_stats: dict[str, tuple[float, float]] | None = None,
+    seed: int = 0,
+) -> ScOT:
+    """A new ScOT with `channel_names` in and `output_channel_names` out, sharing every weight it can.
+
+    Args:
+        model: The pretrained model (left untouched).
+        channel_names, output_channel_names: The new PDE's channels (inputs: state then static fields).
+        input_stats, output_stats: (mean, std) per new channel name; known channels keep the model's.
+        seed: Initialisation of the new output channels' recovery weights.
+    """
+    old = model.config
+    config = copy.deepcopy(old)
+
+    def stats(names, old_names, old_mean, old_std, given):
+        mean, std = [], []
+        for name in names:
+            if given and name in given:
+                m, s = given[name]
+            elif name in old_names:
+                m, s = old_mean[old_names.index(name)], old_std[old_names.index(name)]
+            else:
+                m, s = 0.0, 1.0
+            mean.append(float(m))
+            std.append(float(s))
+        return mean, std
+
+    config.channel_names, config.output_channel_names = list(channel_names), list(output_channel_names)
+    config.num_channels, config.num_out_channels = len(channel_names), len(output_channel_names)
+    config.input_mean, config.input_std = stats(
+        channel_names, old.channel_names, old.input_mean, old.input_std, input_stats
+    )
+    config.output_mean, config.output_std = stats(
+        output_channel_names, old.output_channel_names, old.output_mean, old.output_std, output_stats
+    )
+    config.channel_slice_list_normalized_loss = list(range(len(output_channel_names) + 1))
+    config.check()
+    new = ScOT(config)
+    state = {k: v for k, v in model.state_dict().items()}
+    own = new.state_dict()
+    body = {
+        k: v
+        for k, v in state.items()
+        if k in own and own[k].shape == v.shape and not k.startswith(("embeddings.patch_embeddings", "patch_recovery"))
+    }
+    new.load_state_dict(body, strict=False)
+
+    in_map = [(i, old.channel_names.index(n)) for i, n in enumerate(channel_names) if n in old.channel_names]
+    out_map = [
+        (i, old.output_channel_names.index(n))
+        for i, n in enumerate(output_channel_names)
+        if n in old.output_channel_names
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        embed = new.embeddings.patch_embeddings.projection
+        embed.weight.zero_()  # new inputs start ignored
+        embed.bias.copy_(state["embeddings.patch_embeddings.projection.bias"])
+        for i, j in in_map:
+            embed.weight[:, i] = state["embeddings.patch_embeddings.projection.weight"][:, j]
+        recovery, mixup = new.patch_recovery.projection, new.patch_recovery.mixup
+        std = old.initializer_range
+        recovery.weight.copy_(torch.randn(recovery.weight.shape, generator=generator) * std)
+        recovery.bias.zero_()
+        mixup.weight.zero_()
+        for i in range(len(output_channel_names)):
+            mixup.weight[i, i, 2, 2] = 1.0  # a new output starts as its own recovery, unmixed
+        for i, j in out_map:
+            recovery.weight[:, i] = state["patch_recovery.projection.weight"][:, j]
+            recovery.bias[i] = state["patch_recovery.projection.bias"][j]
+        for i, j in out_map:
+            mixup.weight[i, i] = 0.0
+            for k, m in out_map:
+                mixup.weight[i, k] = state["patch_recovery.mixup.weight"][j, m]
+    return new

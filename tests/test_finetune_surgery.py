@@ -1,0 +1,47 @@
+"""Channel surgery keeps what the pretrained model knows, by name."""
+
+from __future__ import annotations
+
+import torch
+
+from finetune import adapt_channels
+from foundation import ScOT, ScOTConfig
+
+
+def pretrained() -> ScOT:
+    torch.manual_seed(0)
+    model = ScOT(ScOTConfig.from_preset("tiny")).eval()
+    with torch.no_grad():  # no branch near zero, non-trivial channel mixing: as a trained model
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_superset_of_channels_reproduces_the_known_outputs_exactly():
+    base = pretrained()
+    new = adapt_channels(
+        base, ["rho", "u", "v", "p", "c"], ["rho", "u", "v", "p", "tracer"], input_stats={"c": (2.0, 0.5)}
+    ).eval()
+    assert new.config.input_mean[-1] == 2.0 and new.config.input_std[:4] == base.config.input_std
+    x, t = torch.randn(2, 4, 32, 32), torch.rand(2)
+    extra = torch.randn(2, 1, 32, 32) * 5  # whatever the new input holds
+    with torch.no_grad():
+        old = base(pixel_values=x, time=t).output
+        out = new(pixel_values=torch.cat([x, extra], 1), time=t).output
+    assert old.abs().mean() > 0.1  # a real signal to compare
+    assert torch.allclose(out[:, :4], old, atol=1e-5)
+    assert out[:, 4].abs().max() > 0  # the new output exists and is trainable
+
+
+def test_subset_and_reordering_copy_rows_by_name():
+    base = pretrained()
+    new = adapt_channels(base, ["v", "u"], ["u"])
+    w_old = base.embeddings.patch_embeddings.projection.weight
+    w_new = new.embeddings.patch_embeddings.projection.weight
+    assert torch.equal(w_new[:, 0], w_old[:, 2]) and torch.equal(w_new[:, 1], w_old[:, 1])
+    r_old, r_new = base.patch_recovery.projection.weight, new.patch_recovery.projection.weight
+    assert torch.equal(r_new[:, 0], r_old[:, 1])
+    assert torch.equal(new.patch_recovery.mixup.weight[0, 0], base.patch_recovery.mixup.weight[1, 1])
+    body = [k for k in base.state_dict() if not k.startswith(("embeddings.patch_embeddings", "patch_recovery"))]
+    assert all(torch.equal(base.state_dict()[k], new.state_dict()[k]) for k in body)
+    assert new.config.channel_names == ["v", "u"] and new.config.num_out_channels == 1
