@@ -9,6 +9,7 @@ grid, normalisation, time scale), `model/training_data.json` (datasets with prov
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +147,7 @@ def _count_parameters(path: Path) -> int | None:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return sum(int(_numel(f.get_slice(k).get_shape())) for k in f.keys())
-
-
-def _numel(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 def _size_name(config: dict) -> str:

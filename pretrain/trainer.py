@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import os
 import shutil
@@ -34,8 +33,6 @@ from foundation.data.memory import keep_freed_memory
 from foundation.metrics import relative_error_per_sample, summary
 
 from .config import DataArguments, ModelArguments, TrainArguments
-
-logger = logging.getLogger("pretrain")
 
 
 class NonFiniteLoss(RuntimeError):

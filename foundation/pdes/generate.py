@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -108,7 +107,3 @@ def generate(
         bar.close()
     writer.meta["provenance"]["seconds"] = round(time.time() - start, 2)
     return writer.close()
-
-
-def default_times(snapshots: int, t_end: float) -> np.ndarray:
-    return np.linspace(0.0, t_end, snapshots)
