@@ -11,8 +11,15 @@ from typing import Any
 
 from .render import collect_run, render_model_card
 
-MODEL_FILES = ("model.safetensors", "config.json", "training_data.json")
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "training_data.json",
+    "spectral_head.safetensors",
+    "spectral_head.json",
+)
 RUN_FILES = ("metrics.json", "predictions.png")
+EVALUATION_FILES = ("evaluation.json", "samples.png", "rollout.png", "spectra.png")  # fine-tuning runs
 
 
 def prepare_release(
@@ -31,6 +38,7 @@ def prepare_release(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite)")
     meta = collect_run(run)
+    base_model = base_model or (meta["args"].get("model") or {}).get("init_from")  # a fine-tuning run's base
     card = render_model_card(meta, repo_id, license=license, base_model=base_model)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -41,6 +49,13 @@ def prepare_release(
     for name in RUN_FILES:
         if (run / name).exists():
             shutil.copy2(run / name, partial / name)
+    if (run / "evaluation").is_dir():
+        (partial / "evaluation").mkdir()
+        for name in EVALUATION_FILES:
+            if (run / "evaluation" / name).exists():
+                shutil.copy2(run / "evaluation" / name, partial / "evaluation" / name)
+    if (run / "adapter" / "adapter_config.json").exists():  # LoRA: the adapters too (the weights are merged)
+        shutil.copytree(run / "adapter", partial / "adapter")
     card.save(partial / "README.md")
     if out.exists():
         shutil.rmtree(out)

@@ -137,6 +137,7 @@ def collect_run(run_dir: str | Path) -> dict[str, Any]:
         "metrics": _read_json(run / "metrics.json") or {},
         "result": _read_json(run / "result.json") or {},
         "plot": "predictions.png" if (run / "predictions.png").exists() else None,
+        "evaluation": _read_json(run / "evaluation" / "evaluation.json"),
         "parameters": _count_parameters(run / "model" / "model.safetensors"),
     }
 
@@ -260,6 +261,7 @@ def render_model_card(
             f"{rollout.get('direct_final_median_rel_l1', float('nan')):.2f}% vs autoregressive rollout "
             f"{rollout.get('rollout_final_median_rel_l1', float('nan')):.2f}%.\n"
         )
+    lead_table += _evaluation_section(meta.get("evaluation"), result)
     return ModelCard.from_template(
         card_data,
         template_str=MODEL_TEMPLATE,
@@ -297,6 +299,37 @@ def render_model_card(
             "Channels a dataset lacks were masked, so the model's predictions for them on such inputs are untrained."
         ),
     )
+
+
+def _evaluation_section(evaluation: dict | None, result: dict) -> str:
+    """Held-out results of a fine-tuning run (finetune.evaluate), with the refiner's before/after if any."""
+    if not evaluation:
+        return ""
+    names = [k.split("/", 1)[1] for k in evaluation if k.startswith("median_rel_l1/") and not k.endswith("/mean")]
+    rows = [
+        f"\n### Held-out evaluation ({evaluation['split']} split, {evaluation['pairs']} pairs, physical units)\n",
+        "| metric (%) | " + " | ".join(names) + " | mean |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for metric in ("median_rel_l1", "mean_rel_l1", "median_rel_l2", "mean_rel_l2"):
+        cells = [f"{evaluation.get(f'{metric}/{n}', float('nan')):.2f}" for n in names + ["mean"]]
+        rows.append(f"| {metric.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    before = (result.get("evaluation") or {}).get("before_refiner")
+    if before:
+        rows.append(
+            f"\nSpectral-Refiner: median relative L1 {before.get('median_rel_l1/mean', float('nan')):.2f}% before "
+            f"refinement, {evaluation.get('median_rel_l1/mean', float('nan')):.2f}% after."
+        )
+    rollout = evaluation.get("rollout") or {}
+    if rollout:
+        rows.append("\n| lead time | " + " | ".join(rollout) + " |\n|---|" + "---|" * len(rollout))
+        for kind in ("direct", "autoregressive"):
+            rows.append(
+                f"| {kind} (median rel. L1 %) | " + " | ".join(f"{v[kind]:.2f}" for v in rollout.values()) + " |"
+            )
+    for plot in evaluation.get("plots", []):
+        rows.append(f"\n![{plot[:-4]}](evaluation/{plot})")
+    return "\n".join(rows) + "\n"
 
 
 def render_dataset_card(source, repo_id: str, license: str = "apache-2.0") -> DatasetCard:

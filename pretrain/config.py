@@ -78,15 +78,15 @@ class TrainArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 
-def recipe_to_argv(path: str | Path) -> list[str]:
-    """Flags equivalent to a YAML recipe (flat, or sectioned as model/data/train)."""
+def recipe_to_argv(path: str | Path, sections: tuple[str, ...] = ()) -> list[str]:
+    """Flags equivalent to a YAML recipe (flat, or sectioned as model/data/train and `sections`)."""
     text = Path(path).read_text()
     recipe = yaml.safe_load(text) or {}
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: a recipe is a mapping of option names to values")
     flat: dict = {}
     for key, value in recipe.items():
-        if key in ("model", "data", "train") and isinstance(value, dict):
+        if key in ("model", "data", "train", *sections) and isinstance(value, dict):
             flat.update(value)
         else:
             flat[key] = value
@@ -102,8 +102,8 @@ def recipe_to_argv(path: str | Path) -> list[str]:
     return argv
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
-    """Parse `--config recipe.yaml` plus flags (flags win) into the three argument dataclasses."""
+def parse_dataclasses(classes: tuple, argv: list[str] | None = None, sections: tuple[str, ...] = ()) -> tuple:
+    """`--config recipe.yaml` plus flags (flags win) into instances of `classes`; unknown flags get hints."""
     import sys
 
     from transformers import HfArgumentParser
@@ -113,20 +113,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         at = argv.index("--config")
         if at + 1 >= len(argv):
             raise SystemExit("--config needs a YAML recipe path")
-        argv = recipe_to_argv(argv[at + 1]) + argv[:at] + argv[at + 2 :]
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    model, data, train, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        argv = recipe_to_argv(argv[at + 1], sections) + argv[:at] + argv[at + 2 :]
+    parser = HfArgumentParser(classes)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
-        known = [f"--{f.name}" for cls in ARGUMENT_CLASSES for f in fields(cls)]
+        known = [f"--{f.name}" for cls in classes for f in fields(cls)]
         hints = []
         for flag in (u for u in unknown if u.startswith("--")):
             close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
             hints.append(f"{flag}" + (f" (did you mean {close[0]}?)" if close else ""))
         parser.error("unknown option(s): " + ", ".join(hints or unknown))
+    _, data, train = parsed[:3]
     if train.precision not in ("fp32", "bf16"):
         parser.error(f"--precision must be fp32 or bf16, got {train.precision!r}")
     if train.tracker not in ("tensorboard", "wandb", "none"):
         parser.error(f"--tracker must be tensorboard, wandb or none, got {train.tracker!r}")
     if not data.datasets:
         parser.error("--datasets: at least one source is needed")
+    return (*parsed, parser)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    """Parse `--config recipe.yaml` plus flags (flags win) into the three argument dataclasses."""
+    model, data, train, _ = parse_dataclasses(ARGUMENT_CLASSES, argv)
     return model, data, train

@@ -40,7 +40,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-def build_accelerator(train: TrainArguments):
+def build_accelerator(train: TrainArguments, tag: str = "pretrain"):
     """The Accelerator, with the choices the launcher leaves to us made explicit and logged."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
@@ -84,7 +84,7 @@ def build_accelerator(train: TrainArguments):
         if train.precision == "bf16":
             ds["bf16"] = {"enabled": True}
     accelerator.print(
-        f"[pretrain] {accelerator.num_processes} process(es), {accelerator.distributed_type.value} on "
+        f"[{tag}] {accelerator.num_processes} process(es), {accelerator.distributed_type.value} on "
         f"{accelerator.device}; precision {train.precision} "
         + (
             "(DeepSpeed bf16 engine: bf16 weights and activations, fp32 master weights)"
@@ -97,11 +97,22 @@ def build_accelerator(train: TrainArguments):
     return accelerator
 
 
-def build_data(data: DataArguments, seed: int, rank: int, world: int):
-    """Sources -> all2all pairs -> one Mixture on the channel vocabulary; the train sampler of this rank."""
+def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajectories: int | None = None):
+    """Sources -> all2all pairs -> one Mixture on the channel vocabulary; the train sampler of this rank.
+
+    `max_trajectories` keeps only the first N training trajectories of each source (sample-efficiency studies).
+    """
     sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
     options = dict(stride=data.stride, max_snapshots=data.max_snapshots, include_identity=data.include_identity)
     train_parts = [All2AllPairs(s, "train", **options) for s in sources]
+    if max_trajectories is not None:
+        for part, source in zip(train_parts, sources):
+            if max_trajectories > len(part.trajectories):
+                raise ValueError(
+                    f"{source.info.name}: {max_trajectories} training trajectories asked, the train split has "
+                    f"{len(part.trajectories)}"
+                )
+            part.trajectories = part.trajectories[:max_trajectories]
     val_parts = [All2AllPairs(s, "val", **options) for s in sources]
     vocabulary = list(data.channels) if data.channels else []
     if not vocabulary:
@@ -217,23 +228,21 @@ class Pretrainer:
         self.model_args, self.data_args, self.args = model_args, data_args, train_args
         keep_freed_memory()  # batches reuse freed memory instead of page-faulting fresh mmaps every step
         self.out = Path(train_args.output_dir)
-        self.accelerator = acc = build_accelerator(train_args)
+        self.accelerator = acc = build_accelerator(train_args, self.tag)
         set_seed(train_args.seed)  # identical initial weights on every rank
         (self.sources, self.train_set, self.val_set, self.sampler, self.vocabulary, self.targets, self.stats) = (
-            build_data(data_args, train_args.seed, acc.process_index, acc.num_processes)
+            self._build_data()
         )
         grid = self.sources[0].grid
-        model = build_model(
-            model_args, self.vocabulary, self.targets, self.stats, grid, time_scale=self.sources[0].info.time_scale
-        )
+        model = self.build_model(grid)
         if model_args.gradient_checkpointing:
             model.activation_checkpointing_enable()
         self.group_names = self._group_names(model.config)
         self.config = model.config
-        self.flops_per_sample = train_flops_per_sample(model.config, grid)
+        self.flops_per_sample = train_flops_per_sample(self.config, grid)
         self.peak, self.peak_source = peak_flops(acc.device, train_args.precision, train_args.peak_tflops)
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=train_args.learning_rate, weight_decay=train_args.weight_decay
+            self.param_groups(model), lr=train_args.learning_rate, weight_decay=train_args.weight_decay
         )
         scheduler = cosine_with_warmup(
             optimizer, train_args.warmup_steps, train_args.max_steps, train_args.min_lr_ratio
@@ -252,6 +261,21 @@ class Pretrainer:
         self.step, self.epoch, self.consumed, self.nonfinite = 0, 0, 0, 0
         self.throughput: dict | None = None
         self.history: list[dict] = []
+
+    # Hooks that fine-tuning overrides (finetune.trainer.Finetuner): what model, which parameters train how.
+    tag = "pretrain"
+
+    def _build_data(self):
+        acc = self.accelerator
+        return build_data(self.data_args, self.args.seed, acc.process_index, acc.num_processes)
+
+    def build_model(self, grid: tuple[int, int]) -> torch.nn.Module:
+        time_scale = self.sources[0].info.time_scale
+        return build_model(self.model_args, self.vocabulary, self.targets, self.stats, grid, time_scale=time_scale)
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        """AdamW parameter groups; every parameter at the run's learning rate when pretraining."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
     @staticmethod
     def _group_names(config: ScOTConfig) -> list[str]:
@@ -315,7 +339,7 @@ class Pretrainer:
         self.nonfinite = state["nonfinite"]
         self.sampler.load_state_dict({**state["sampler"], "epoch": self.epoch, "position": self.consumed})
         self.train_set.set_epoch(self.epoch)
-        self.accelerator.print(f"[pretrain] resumed from {last} (step {self.step})")
+        self.accelerator.print(f"[{self.tag}] resumed from {last} (step {self.step})")
         return True
 
     # ------------------------------------------------------------------ evaluation
@@ -424,7 +448,7 @@ class Pretrainer:
             }
             (self.out / "run_args.json").write_text(json.dumps(run_args, indent=2, default=str))
         if args.tracker != "none":
-            acc.init_trackers("pretrain", config=_flat_config(self.model_args, self.data_args, args))
+            acc.init_trackers(self.tag, config=_flat_config(self.model_args, self.data_args, args))
         losses_file = self.out / "losses.jsonl"
         if acc.is_main_process and not resumed and losses_file.exists():
             losses_file.unlink()
@@ -437,7 +461,7 @@ class Pretrainer:
             total=args.max_steps,
             initial=self.step,
             disable=not acc.is_main_process,
-            desc="pretrain",
+            desc=self.tag,
             mininterval=0.1 if sys.stderr.isatty() else 10.0,
         )  # logs and CI get a line every 10 s
         start, seen, first_step = time.perf_counter(), 0, self.step
@@ -464,7 +488,9 @@ class Pretrainer:
                     step_loss += loss.detach() / args.gradient_accumulation_steps
             if skipped:
                 self.nonfinite += 1
-                acc.print(f"[pretrain] step {self.step + 1}: non-finite loss, step skipped ({self.nonfinite} in a row)")
+                acc.print(
+                    f"[{self.tag}] step {self.step + 1}: non-finite loss, step skipped ({self.nonfinite} in a row)"
+                )
                 if self.nonfinite >= args.max_nonfinite_steps:
                     raise NonFiniteLoss(
                         f"{self.nonfinite} non-finite losses in a row at step {self.step + 1}; the "

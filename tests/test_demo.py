@@ -25,6 +25,8 @@ def test_demo_generates_pretrains_evaluates_and_plots(tmp_path: Path):
             "16",
             "--steps",
             "80",
+            "--finetune_steps",
+            "20",
         ],
         capture_output=True,
         text=True,
@@ -39,3 +41,11 @@ def test_demo_generates_pretrains_evaluates_and_plots(tmp_path: Path):
     assert Path(summary["plot"]).stat().st_size > 10_000  # a real PNG
     assert ScOT.from_pretrained(summary["model"]).config.channel_names == ["rho", "u", "v", "p"]
     assert (tmp_path / "pretrain" / "metrics.json").exists()
+    # fine-tuning on the unseen PDE: scratch vs full vs full + refiner, on held-out trajectories
+    table = summary["finetune"]["table"]
+    assert set(table) == {"scratch", "full fine-tune", "full + refiner"}
+    assert all(0 < row["test_median_rel_l1"] < 1e3 for row in table.values())
+    refined = summary["finetune"]["refiner"]
+    assert refined["val_median_rel_l1_after"] <= refined["val_median_rel_l1_before"]  # best head kept
+    assert table["full + refiner"]["trainable_parameters"] < table["full fine-tune"]["trainable_parameters"] / 100
+    assert "| full + refiner |" in proc.stdout

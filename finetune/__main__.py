@@ -1,0 +1,36 @@
+"""python -m finetune --init_from MODEL --datasets SPEC [--strategy full|head|lora|refiner] [--flag value ...]
+
+Also under `accelerate launch [--config_file launch/accelerate/<setup>.yaml] -m finetune ...`; recipes in
+`launch/recipes/finetune-*.yaml` (`--config`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from foundation.data import DataError
+from pretrain.trainer import NonFiniteLoss
+
+from .config import parse_args
+from .trainer import Finetuner
+
+
+def main() -> int:
+    model_args, data_args, train_args, tune = parse_args()  # parse
+    try:
+        trainer = Finetuner(model_args, data_args, train_args, tune)  # build
+        result = trainer.train()  # run
+    except (DataError, ValueError, FileNotFoundError, OSError) as error:  # bad input: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    if trainer.accelerator.is_main_process:  # close (also in output_dir/result.json)
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

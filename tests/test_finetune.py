@@ -1,0 +1,368 @@
+"""Fine-tuning strategies on tiny models and real generated data: what trains, what stays frozen, that the loss
+falls, that the refiner starts from the base prediction, that adapters round-trip, and the evaluation outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from safetensors.torch import load_file
+
+from finetune import load_model
+from finetune.config import FinetuneArguments
+from finetune.data import parse_generator_spec
+from finetune.refiner import (
+    NavierStokesResidual,
+    RefinerHead,
+    cache_features,
+    relative_sobolev_loss,
+    vorticity_residual,
+)
+from finetune.trainer import Finetuner, parameter_roles
+from foundation import ScOT, ScOTConfig
+from foundation.data import All2AllPairs, open_source
+from foundation.pdes import generate
+from pretrain.config import DataArguments, ModelArguments, TrainArguments
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A 'pretrained' tiny model on rho, u, v, p (16 x 16), perturbed away from its near-zero init."""
+    torch.manual_seed(0)
+    config = ScOTConfig.from_preset(
+        "tiny", image_size=16, channel_names=["rho", "u", "v", "p"], output_channel_names=["rho", "u", "v", "p"]
+    )
+    model = ScOT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path_factory.mktemp("base") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ac_file(tmp_path_factory):
+    """A PDE the base never saw: Allen-Cahn (u), 20 trajectories of 5 snapshots at 16 x 16."""
+    path = tmp_path_factory.mktemp("data") / "allen-cahn.h5"
+    return generate("allen-cahn", 20, 16, path, snapshots=5, seed=3, progress=False, eps=0.08)
+
+
+def run(base_dir, ac_file, out, strategy="full", steps=30, **tune):
+    args = (
+        ModelArguments(init_from=str(base_dir)),
+        DataArguments(datasets=[str(ac_file)], eval_pairs=32),
+        TrainArguments(
+            output_dir=str(out),
+            max_steps=steps,
+            batch_size=8,
+            learning_rate=tune.pop("learning_rate", 5e-4),
+            warmup_steps=2,
+            eval_every=0,
+            save_every=0,
+            tracker="none",
+            resume=False,
+        ),
+        FinetuneArguments(strategy=strategy, **tune),
+    )
+    trainer = Finetuner(*args)
+    return trainer
+
+
+HEADS = ("base_model.model.embeddings.patch_embeddings", "base_model.model.patch_recovery")
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "losses.jsonl").read_text().splitlines()]
+
+
+def test_full_strategy_uses_three_learning_rates_and_trains_everything(base_dir, ac_file, tmp_path, capsys):
+    trainer = run(base_dir, ac_file, tmp_path, "full", steps=40, learning_rate=1e-3, head_learning_rate=3e-3)
+    assert "parameters train (100.00%)" in capsys.readouterr().out
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-3, 3e-3, 5e-4]
+    roles = parameter_roles(trainer.model)
+    assert len(roles["time_norm"]) > 0 and len(roles["head"]) == 5  # embed w+b, recovery w+b, mixup w
+    assert sum(len(g["params"]) for g in groups) == len(list(trainer.model.parameters()))
+    # channel surgery: the data's u in and out; the rows of the base's u kept by name
+    assert trainer.config.channel_names == ["u"] and trainer.config.output_channel_names == ["u"]
+    base = ScOT.from_pretrained(base_dir)
+    assert torch.equal(
+        trainer.model.embeddings.patch_embeddings.projection.weight[:, 0],
+        base.embeddings.patch_embeddings.projection.weight[:, 1],
+    )
+    before = snapshot(trainer.model)
+    result = trainer.train()
+    after = snapshot(trainer.model)
+    # (the coarsest stages see a 1 x 1 token grid here: their q, k and position bias get no gradient at all)
+    assert all(
+        not torch.equal(before[k], after[k]) for k in before if k.startswith(("patch_recovery", "encoder.layers.0"))
+    )
+    curve = losses(tmp_path)
+    assert np.mean(curve[-5:]) < 0.9 * np.mean(curve[:5])
+    assert result["parameters"]["trainable"] == result["parameters"]["total"]
+    evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["split"] == "test" and evaluation["median_rel_l1/u"] > 0
+
+
+def test_head_strategy_freezes_the_body(base_dir, ac_file, tmp_path):
+    trainer = run(base_dir, ac_file, tmp_path, "head", steps=40, head_learning_rate=2e-2)
+    before = snapshot(trainer.model)
+    trainable = {k for k, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "embeddings.patch_embeddings.projection.weight",
+        "embeddings.patch_embeddings.projection.bias",
+        "patch_recovery.projection.weight",
+        "patch_recovery.projection.bias",
+        "patch_recovery.mixup.weight",
+    }
+    result = trainer.train()
+    after = snapshot(trainer.model)
+    for k in before:
+        assert torch.equal(before[k], after[k]) == (k not in trainable), k
+    assert 0 < result["parameters"]["trainable_fraction"] < 0.01
+    curve = losses(tmp_path)
+    assert np.mean(curve[-5:]) < 0.9 * np.mean(curve[:5])
+
+
+def test_lora_trains_adapters_only_and_round_trips(base_dir, ac_file, tmp_path):
+    trainer = run(base_dir, ac_file, tmp_path, "lora", steps=40, head_learning_rate=3e-3, lora_rank=4)
+    base_names = {k for k, _ in ScOT.from_pretrained(base_dir).named_parameters()}
+    frozen_before = {
+        k: v for k, v in snapshot(trainer.model).items() if "lora_" not in k and "modules_to_save" not in k
+    }
+    trainable = [k for k, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in k or "modules_to_save" in k for k in trainable)
+    assert any(".query.lora_A" in k for k in trainable) and any("intermediate.dense.lora_B" in k for k in trainable)
+    result = trainer.train()
+    assert 0 < result["parameters"]["trainable_fraction"] < 0.2
+    for k, v in snapshot(trainer.model).items():
+        if k in frozen_before:
+            assert torch.equal(v, frozen_before[k]), k  # the pretrained weights never move
+    curve = losses(tmp_path)
+    assert np.mean(curve[-5:]) < 0.9 * np.mean(curve[:5])
+
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in saved)
+    body = [k for k in saved if k.split("base_model.model.")[-1] in base_names and not k.startswith(HEADS)]
+    assert not body  # adapters and the fully trained embedding/recovery; never the frozen body
+    x = torch.randn(3, 1, 16, 16)
+    t = torch.tensor([0.25, 0.5, 1.0])
+    with torch.no_grad():
+        trained = trainer.model.eval()(pixel_values=x, time=t).output
+        from_adapter = load_model(adapter)(pixel_values=x, time=t).output  # base -> surgery -> adapters, merged
+        merged = ScOT.from_pretrained(tmp_path / "model")(pixel_values=x, time=t).output
+    assert torch.allclose(from_adapter, trained, atol=1e-5)
+    assert torch.allclose(merged, trained, atol=1e-5)
+
+    from model_cards.publish import prepare_release
+
+    files = prepare_release(tmp_path, tmp_path / "release", "org/allen-cahn-lora")
+    assert "adapter" in files and (tmp_path / "release" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_refiner_head_reproduces_the_base_prediction_at_step_zero(base_dir, ac_file):
+    model = ScOT.from_pretrained(base_dir).eval()
+    for learn_residual in (False, True):
+        model.config.learn_residual = learn_residual
+        source = open_source(str(ac_file))
+        pairs = All2AllPairs(source, "train")
+        x = torch.stack([pairs[k]["pixel_values"] for k in range(6)])
+        x = torch.cat([x, x, x, x], 1)  # 4 channels, as the base expects
+        t = torch.stack([pairs[k]["time"] for k in range(6)])
+        data = [{"pixel_values": x[k], "time": t[k], "labels": x[k], "channel_mask": torch.ones(4)} for k in range(6)]
+        for native in (16, 24):  # the model's grid, and a finer native grid (Fourier-resampled in and out)
+            xs = torch.nn.functional.interpolate(x, size=(native, native), mode="bilinear") if native != 16 else x
+            items = [{**d, "pixel_values": xs[k], "labels": xs[k]} for k, d in enumerate(data)]
+            cache = cache_features(model, items, list(range(6)), batch_size=4)
+            head = RefinerHead(model, (native, native))
+            with torch.no_grad():
+                ours = head(cache.features, cache, torch.arange(6))
+                reference = model(pixel_values=xs, time=t).output
+            assert ours.shape == reference.shape
+            assert torch.allclose(ours, reference, atol=1e-5), (learn_residual, native)
+    model.config.learn_residual = False
+
+
+def test_refiner_strategy_freezes_the_body_and_improves_validation(base_dir, ac_file, tmp_path):
+    trainer = run(
+        base_dir,
+        ac_file,
+        tmp_path,
+        "refiner",
+        steps=30,
+        refiner_steps=60,
+        refiner_eval_every=5,
+        refiner_patience=20,
+        refiner_learning_rate=3e-3,
+        refiner_bias_learning_rate=3e-2,
+    )
+    result = trainer.train()
+    summary = result["refiner"]
+    assert summary["val_median_rel_l1_after"] < summary["val_median_rel_l1_before"]
+    history = json.loads((tmp_path / "refiner_history.json").read_text())
+    fit_loss = [v for _, v in history["loss"]]
+    assert np.mean(fit_loss[-10:]) < np.mean(fit_loss[:10])
+    refined = load_model(tmp_path / "model")
+    before = ScOT.from_pretrained(tmp_path / "model-before-refiner")
+    body = {k: v for k, v in before.state_dict().items() if not k.startswith("patch_recovery")}
+    assert all(torch.equal(v, refined.model.state_dict()[k]) for k, v in body.items())  # the body is frozen
+    assert summary["head_parameters"] < 0.01 * result["parameters"]["total"]
+    assert "before_refiner" in result["evaluation"]
+    assert (tmp_path / "evaluation" / "before-refiner" / "evaluation.json").exists()
+
+
+def test_relative_sobolev_loss_is_zero_for_the_truth_and_weighs_low_modes_more():
+    n = 32
+    x = torch.arange(n) / n
+    low = torch.sin(2 * math.pi * x)[:, None].expand(n, n)
+    high = torch.sin(2 * math.pi * 8 * x)[:, None].expand(n, n)
+    y = (low + high)[None, None]
+    mask = torch.ones(1, 1)
+    assert relative_sobolev_loss(y, y, mask, 1.0, 0.03, (1.0, 1.0)) == 0
+    err_low = relative_sobolev_loss(y + 0.1 * low, y, mask, 1.0, 0.03, (1.0, 1.0))
+    err_high = relative_sobolev_loss(y + 0.1 * high, y, mask, 1.0, 0.03, (1.0, 1.0))
+    assert err_low > 30 * err_high  # (alpha + (2 pi 8)^2) / (alpha + (2 pi)^2) = 64
+
+
+@pytest.fixture(scope="module")
+def ns_file(tmp_path_factory):
+    """Navier-Stokes with Kolmogorov forcing, snapshots close in time (finite differences resolve w_t)."""
+    path = tmp_path_factory.mktemp("ns") / "ns.h5"
+    return generate("ns-kf", 2, 32, path, snapshots=21, seed=0, progress=False, t_end=0.02)
+
+
+def test_vorticity_residual_vanishes_on_solver_data_and_not_on_wrong_physics(ns_file):
+    source = open_source(str(ns_file))
+    info = source.info
+    lengths = (1.0, 1.0)
+    times = np.asarray(info.times)
+    dt = times[11] - times[9]
+    s = [torch.from_numpy(source.read(0, k)).double() for k in (9, 10, 11)]
+    forcing = torch.from_numpy(source.read_static(0))[0].double()
+    u, v = s[1][0][None], s[1][1][None]
+    u_t, v_t = ((s[2][0] - s[0][0]) / dt)[None], ((s[2][1] - s[0][1]) / dt)[None]
+    nu = info.pde["viscosity"]
+    r = vorticity_residual(u, v, u_t, v_t, nu, forcing[None], lengths)
+    r_no_forcing = vorticity_residual(u, v, u_t, v_t, nu, None, lengths)
+    r_swapped = vorticity_residual(v, u, v_t, u_t, nu, forcing[None], lengths)  # wrong orientation
+    rms = lambda a: a.square().mean().sqrt()  # noqa: E731
+    # w_t and u.grad w are each ~50 here and cancel; the residual is what the time stepping left
+    w_t = vorticity_residual(u, v, u_t, v_t, 0.0, None, lengths) - vorticity_residual(
+        u, v, 0 * u_t, 0 * v_t, 0.0, None, lengths
+    )
+    size = rms(w_t)
+    assert rms(r) < 2e-3 * size
+    assert rms(r) < rms(r_no_forcing)  # the forcing from the static field is counted, with the right sign
+    assert rms(r_swapped) > 0.5 * size
+
+
+def test_time_derivative_through_the_lead_time_matches_finite_differences(base_dir):
+    model = ScOT.from_pretrained(base_dir).eval()
+    x = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([0.3, 0.7])
+    items = [{"pixel_values": x[k], "time": t[k], "labels": x[k], "channel_mask": torch.ones(4)} for k in range(2)]
+    cache = cache_features(model, items, [0, 1], with_tangents=True)
+    head = RefinerHead(model, (16, 16))
+    rows = torch.arange(2)
+    with torch.no_grad():
+        d_out = head(cache.tangents, cache, rows, tangent=True)
+        eps = 1e-2
+        fd = (model(pixel_values=x, time=t + eps).output - model(pixel_values=x, time=t - eps).output) / (2 * eps)
+    assert (d_out - fd).abs().max() < 1e-2 * fd.abs().max()
+
+
+def test_residual_mode_refines_without_labels(ns_file, tmp_path):
+    torch.manual_seed(0)
+    source = open_source(str(ns_file))
+    config = ScOTConfig.from_preset(
+        "tiny",
+        image_size=32,
+        channel_names=["u", "v", "f"],
+        output_channel_names=["u", "v"],
+        input_mean=list(source.info.mean) + list(source.info.static_mean),
+        input_std=list(source.info.std) + list(source.info.static_std),
+        output_mean=list(source.info.mean),
+        output_std=list(source.info.std),
+        time_scale=source.info.time_scale,
+    )
+    model = ScOT(config).eval()
+    pairs = All2AllPairs(source, "train", lead_steps=[1, 2])
+    cache = cache_features(model, pairs, list(range(0, len(pairs), 3)), with_tangents=True)
+    loss_fn = NavierStokesResidual(config, source.info, 1.0, 10**-1.5, config.channel_names)
+    head = RefinerHead(model, (32, 32))
+    optimizer = torch.optim.Adam(head.param_groups(1e-3, 1e-2, True))
+    rows = torch.arange(len(cache))
+    values = []
+    for _ in range(30):
+        out = head(cache.features, cache, rows)
+        d_out = head(cache.tangents, cache, rows, tangent=True)
+        loss = loss_fn(out, d_out, cache.inputs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        values.append(loss.item())
+    assert values[0] == pytest.approx(1.0)  # normalised by the base model's residual
+    assert values[-1] < 0.5 * values[0]
+
+
+def test_generator_specs_and_config_errors():
+    family, settings, params = parse_generator_spec("pde:wave-gauss:n=8,resolution=16,seed=2,cfl=0.4")
+    assert family == "wave-gauss" and settings["n"] == 8 and settings["seed"] == 2 and params == {"cfl": 0.4}
+    with pytest.raises(ValueError, match="unknown PDE family 'wave-gaus'"):
+        parse_generator_spec("pde:wave-gaus:n=8")
+    from finetune.config import check
+
+    with pytest.raises(ValueError, match="--strategy must be one of"):
+        check(FinetuneArguments(strategy="lorra"))
+
+
+def test_cli_fine_tunes_evaluates_and_refuses_bad_input(base_dir, tmp_path):
+    spec = "pde:wave-gauss:n=12,resolution=16,snapshots=4,seed=5"
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "finetune", "--init_from", str(base_dir), "--datasets", spec, "--strategy", "head"]
+    cmd += ["--max_steps", "5", "--batch_size", "4", "--output_dir", str(out), "--tracker", "none", "--eval_pairs", "8"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "data" / "wave-gauss-n12-r16-s4-seed5.h5").exists()  # generated once, beside the runs
+
+    eval_out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "finetune.evaluate", "--model", str(out / "model"), "--datasets", spec]
+    cmd += ["--out", str(eval_out), "--max_pairs", "16", "--rollout_trajectories", "2"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((eval_out / "evaluation.json").read_text())
+    for key in ("median_rel_l1/u", "mean_rel_l1/u", "median_rel_l2/u", "mean_rel_l2/u"):
+        assert 0 < result[key] < 1e4
+    assert set(result["by_lead_time"]) == {"0.333", "0.667", "1.000"}
+    assert result["rollout"]["1.000"]["direct"] > 0 and result["rollout"]["1.000"]["autoregressive"] > 0
+    # one-step rollout is the direct prediction
+    assert result["rollout"]["0.333"]["direct"] == pytest.approx(result["rollout"]["0.333"]["autoregressive"])
+    assert [b["band"] for b in result["by_frequency_band"].values()] == ["low", "mid", "high"]
+    for name in ("samples.png", "rollout.png", "spectra.png"):
+        assert (eval_out / name).stat().st_size > 1000
+
+    bad = [sys.executable, "-m", "finetune.evaluate", "--model", str(tmp_path / "nope"), "--datasets", spec]
+    done = subprocess.run(bad, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_offline())
+    assert done.returncode == 2 and "nope" in done.stderr and "Traceback" not in done.stderr
+    typo = [sys.executable, "-m", "finetune", "--init_from", str(base_dir), "--datasets", spec, "--strategie", "head"]
+    done = subprocess.run(typo, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "did you mean --strategy" in done.stderr
+
+
+def _offline():
+    import os
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
