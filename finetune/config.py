@@ -62,10 +62,10 @@ class FinetuneArguments:
     )
     refiner_eval_every: int = field(default=10, metadata={"help": "Refinement steps between validations."})
     refiner_patience: int = field(
-        default=10,
+        default=20,
         metadata={
-            "help": "Validations without improvement before stopping (Adam's first steps raise the error before "
-            "it falls: keep this patient)."
+            "help": "Validations without improvement before stopping (the validation error often rises for the "
+            "first ~100 steps before it falls: keep this patient)."
         },
     )
     sobolev_s: float = field(default=1.0, metadata={"help": "Order s of the H^-s loss."})

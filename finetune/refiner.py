@@ -348,7 +348,8 @@ def refine(
     residual: NavierStokesResidual | None = None,
     train_recovery: bool = True,
     eval_every: int = 10,
-    patience: int = 10,
+    patience: int = 20,
+    warmup: float = 0.2,
     seed: int = 0,
     log=print,
 ) -> tuple[RefinedScOT, dict]:
@@ -359,6 +360,10 @@ def refine(
     native = tuple(fit.labels.shape[-2:])
     head = RefinerHead(model, native)
     optimizer = torch.optim.Adam(head.param_groups(lr, bias_lr, train_recovery))
+    # Linear warm-up: Adam's first steps move every zero-initialised spectral weight by ~lr whatever its gradient;
+    # without it the validation error spiked (10.2% -> 27.5% at step 25 on the demo's Allen-Cahn) before falling.
+    warm = max(1, int(warmup * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warm))
     groups = model.config.channel_slice_list_normalized_loss
     generator = torch.Generator().manual_seed(seed)
     best = validation_error(head, val, groups)
@@ -376,6 +381,7 @@ def refine(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        scheduler.step()
         history["loss"].append((step, loss.item()))
         if step % eval_every == 0 or step == steps:
             error = validation_error(head, val, groups)

@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -114,6 +115,9 @@ class Finetuner(Pretrainer):
             )
             model = lora.wrap(model, self.lora_config)
         return model
+
+    def extra_run_args(self) -> dict:
+        return {"finetune": asdict(self.tune)}
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         tune, lr = self.tune, self.args.learning_rate

@@ -243,6 +243,19 @@ def render_model_card(
             f"{result.get('peak_tflops', '?')} TFLOP/s {result.get('peak_source', '')})",
         ]
     )
+    tune = args.get("finetune")
+    if tune:  # a fine-tuning run (finetune.trainer): say how, since the numbers depend on it
+        how = f"- fine-tuning strategy `{tune['strategy']}`" + (" (from scratch)" if tune.get("from_scratch") else "")
+        how += f"; embedding/recovery lr {tune['head_learning_rate']}"
+        how += f", time-conditioned norms lr {tune['norm_learning_rate']}"
+        if tune["strategy"] == "lora":
+            how += f"; LoRA rank {tune['lora_rank']}, alpha {tune['lora_alpha']} on {', '.join(tune['lora_targets'])}"
+        if tune["strategy"] == "refiner":
+            how += (
+                f"; Spectral-Refiner on the {tune['refiner_loss']} H^-{tune['sobolev_s']} loss "
+                f"(alpha {tune['sobolev_alpha']:.3g}), {tune['refiner_steps']} steps, early stopping on validation"
+            )
+        procedure += "\n" + how
     eval_rows = ["| dataset | " + " | ".join(groups) + " | mean |", "|---|" + "---|" * (len(groups) + 1)]
     for dataset, values in (metrics.get("by_dataset") or {"all": metrics}).items():
         cells = [f"{values[f'median_rel_l1/{g}']:.2f}" if f"median_rel_l1/{g}" in values else "-" for g in groups]

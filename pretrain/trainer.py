@@ -277,6 +277,9 @@ class Pretrainer:
         """AdamW parameter groups; every parameter at the run's learning rate when pretraining."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
+    def extra_run_args(self) -> dict:
+        return {}
+
     @staticmethod
     def _group_names(config: ScOTConfig) -> list[str]:
         groups = config.channel_slice_list_normalized_loss
@@ -445,6 +448,7 @@ class Pretrainer:
                 "distributed": acc.distributed_type.value,
                 "device": str(acc.device),
                 "torch": torch.__version__,
+                **self.extra_run_args(),
             }
             (self.out / "run_args.json").write_text(json.dumps(run_args, indent=2, default=str))
         if args.tracker != "none":

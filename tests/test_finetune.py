@@ -366,3 +366,124 @@ def _offline():
     import os
 
     return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def test_recipes_parse():
+    from finetune.config import parse_args as parse_finetune
+    from finetune.study import StudyArguments
+
+    for recipe in sorted((REPO_ROOT / "launch" / "recipes").glob("finetune-*.yaml")):
+        model, data, train, tune = parse_finetune(["--config", str(recipe), "--init_from", "some/model"])
+        assert model.init_from == "some/model" and data.datasets and tune.strategy in recipe.stem
+    from pretrain.config import parse_dataclasses
+
+    classes = (ModelArguments, DataArguments, TrainArguments, FinetuneArguments, StudyArguments)
+    recipe = ["--config", str(REPO_ROOT / "launch" / "recipes" / "study.yaml")]
+    *_, study, _ = parse_dataclasses(classes, recipe, sections=("finetune", "study"))
+    assert study.n == [2, 4, 8, 16, 32]
+
+
+def test_power_law_fit_and_gains_are_exact_on_synthetic_curves():
+    from finetune.study import fit_power_law, gains
+
+    ns = [2, 4, 8, 16]
+    scratch = [50.0 * n**-0.5 for n in ns]
+    finetuned = [20.0 * n**-0.5 for n in ns]
+    c, a = fit_power_law(ns, scratch)
+    assert c == pytest.approx(50.0) and a == pytest.approx(0.5)
+    rows = gains(ns, finetuned, scratch)
+    assert all(r["accuracy_gain"] == pytest.approx(2.5) for r in rows)
+    # scratch needs (50 / (20 n^-0.5))^2 = 6.25 n trajectories to match: efficiency gain 6.25
+    assert all(r["efficiency_gain"] == pytest.approx(6.25) for r in rows)
+    assert rows[0]["extrapolated"] is False and rows[-1]["extrapolated"] is True
+
+
+def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
+    from finetune.study import StudyArguments, run_study
+
+    args = (
+        ModelArguments(init_from=str(base_dir)),
+        DataArguments(datasets=[str(ac_file)], eval_pairs=16),
+        TrainArguments(
+            output_dir=str(tmp_path),
+            max_steps=10,
+            batch_size=8,
+            warmup_steps=2,
+            eval_every=0,
+            save_every=0,
+            tracker="none",
+            resume=False,
+        ),
+        FinetuneArguments(strategy="full"),
+    )
+    report = run_study(*args, StudyArguments(n=[2, 6]), log=lambda *_: None)
+    assert report["n"] == [2, 6] and len(report["finetuned"]) == len(report["scratch"]) == 2
+    assert set(report["fit"]) == {"finetuned", "scratch"} and len(report["gains"]) == 2
+    run_args = json.loads((tmp_path / "n2-scratch" / "run_args.json").read_text())
+    assert run_args["train"]["learning_rate"] == 2e-3 and run_args["train"]["max_steps"] == 10
+    result = json.loads((tmp_path / "n6-finetuned" / "result.json").read_text())
+    assert result["from_scratch"] is False and result["evaluation"]["median_rel_l1/mean"] == report["finetuned"][1]
+    assert "| 2 |" in (tmp_path / "study.md").read_text() and (tmp_path / "study.png").stat().st_size > 1000
+
+
+def _launch(args: list[str], accelerate_config: str | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)}
+    launcher = [sys.executable]
+    if accelerate_config:
+        config = str(REPO_ROOT / "launch" / "accelerate" / accelerate_config)
+        launcher += ["-m", "accelerate.commands.launch", "--config_file", config]
+    cmd = launcher + ["-m", "finetune", *args, "--tracker", "none", "--batch_size", "4", "--eval_pairs", "8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_two_process_refiner_under_accelerate(base_dir, ac_file, tmp_path):
+    out = tmp_path / "ddp"
+    args = ["--init_from", str(base_dir), "--datasets", str(ac_file), "--output_dir", str(out)]
+    args += ["--strategy", "refiner", "--max_steps", "3", "--refiner_steps", "10", "--refiner_eval_every", "5"]
+    proc = _launch(args, "cpu-2proc-ddp.yaml")
+    assert "2 process(es), MULTI_CPU" in proc.stdout + proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["processes"] == 2 and result["refiner"]["steps_run"] == 10
+    refined = load_model(out / "model")
+    assert refined.head.size == (16, 16) and (out / "evaluation" / "evaluation.json").exists()
+
+
+def test_published_poseidon_layout_fine_tunes_onto_new_channels(fixtures_dir, tmp_path):
+    """A checkpoint in the published Poseidon layout (rho, u, v, p) fine-tuned on waves (u and the static c)."""
+    data = generate("wave-gauss", 10, 32, tmp_path / "wave.h5", snapshots=4, seed=0, progress=False)
+    out = tmp_path / "ft"
+    _launch(
+        ["--init_from", str(fixtures_dir / "scot-tiny"), "--datasets", str(data), "--output_dir", str(out)]
+        + ["--strategy", "head", "--max_steps", "3"]
+    )
+    tuned = ScOT.from_pretrained(out / "model")
+    base = ScOT.from_pretrained(fixtures_dir / "scot-tiny")
+    assert tuned.config.channel_names == ["u", "c"] and tuned.config.output_channel_names == ["u"]
+    body = [k for k in base.state_dict() if not k.startswith(("embeddings.patch_embeddings", "patch_recovery"))]
+    assert all(torch.equal(base.state_dict()[k], tuned.state_dict()[k]) for k in body)  # head-only: body intact
+
+
+def test_residual_refiner_through_the_finetuner(base_dir, tmp_path):
+    data = generate("ns-kf", 10, 32, tmp_path / "nskf.h5", snapshots=4, seed=1, progress=False, t_end=0.1)
+    trainer = Finetuner(
+        ModelArguments(init_from=str(base_dir)),
+        DataArguments(datasets=[str(data)], eval_pairs=8),
+        TrainArguments(output_dir=str(tmp_path / "run"), max_steps=0, tracker="none", resume=False),
+        FinetuneArguments(
+            strategy="refiner",
+            refiner_loss="residual",
+            refiner_steps=20,
+            refiner_batch_size=16,
+            refiner_eval_every=5,
+            refiner_patience=100,
+        ),
+    )
+    assert trainer.config.channel_names == ["u", "v", "f"]  # the forcing is a static input
+    result = trainer.train()
+    history = json.loads((tmp_path / "run" / "refiner_history.json").read_text())
+    assert result["refiner"]["loss"] == "residual" and history["loss"][0][1] == pytest.approx(1.0, rel=0.5)
+    assert min(v for _, v in history["loss"]) < history["loss"][0][1]
