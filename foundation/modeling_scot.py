@@ -111,7 +111,7 @@ _GEOMETRY_CACHE: dict[tuple, Tensor] = {}
 
 
 def _geometry(kind: str, build, *key, device: torch.device, cache: bool = True) -> Tensor:
-    if not cache or torch.compiler.is_compiling():
+    if not cache or torch.compiler.is_compiling() or torch.device(device).type == "meta":  # meta: FLOP counting
         return build(*key, device=device)
     full_key = (kind, *key, device)
     value = _GEOMETRY_CACHE.get(full_key)
