@@ -17,7 +17,7 @@ from foundation.data import open_source
 from foundation.pdes import generate
 from pretrain.config import parse_args
 
-RECIPES = sorted((REPO_ROOT / "launch" / "recipes").glob("*.yaml"))
+RECIPES = sorted((REPO_ROOT / "launch" / "recipes").glob("pretrain-*.yaml"))  # finetune-*: test_finetune
 
 
 @pytest.fixture(scope="module")
