@@ -250,22 +250,17 @@ def _plots(out: Path, samples, result: dict, config) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from foundation.plots import field_rows
+
     written = []
     names = config.output_channel_names
-    rows = [(s, c) for s in samples for c in range(len(names))]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.3 * len(rows)), squeeze=False)
-    for r, ((x, truth, pred, lead), c) in enumerate(rows):
-        ci = config.channel_names.index(names[c]) if names[c] in config.channel_names else 0
-        panels = [x[ci], truth[c], pred[c], pred[c] - truth[c]]
-        titles = ["input (normalised)", f"truth (lead {lead:.2f})", "prediction", "error"]
-        for ax, panel, title in zip(axes[r], panels, titles):
-            image = ax.imshow(panel.numpy(), cmap="RdBu_r" if title == "error" else "viridis")
-            ax.set_title(f"{names[c]}: {title}", fontsize=8)
-            ax.axis("off")
-            fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=80)
-    plt.close(fig)
+    rows = []
+    for x, truth, pred, lead in samples:
+        for c, name in enumerate(names):
+            ci = config.channel_names.index(name) if name in config.channel_names else 0
+            panels = [x[ci], truth[c], pred[c], pred[c] - truth[c]]
+            rows.append((name, panels, ["input (normalised)", f"truth (lead {lead:.2f})", "prediction", "error"]))
+    field_rows(rows, out / "samples.png")
     written.append("samples.png")
 
     if result["rollout"]:

@@ -73,10 +73,13 @@ class Finetuner(Pretrainer):
         data_args.datasets = resolve_specs(data_args.datasets, Path(train_args.output_dir).parent / "data")
         super().__init__(model_args, data_args, train_args)
         self.parameters_info = count_parameters(self.model)
+        info = self.parameters_info
+        stage = f" in the {train_args.max_steps} full fine-tuning steps" if tune.strategy == "refiner" else ""
         self.accelerator.print(
             f"[finetune] strategy {tune.strategy}{' (from scratch)' if tune.from_scratch else ''}: "
-            f"{self.parameters_info['trainable']:,} of {self.parameters_info['total']:,} parameters train "
-            f"({100 * self.parameters_info['trainable_fraction']:.2f}%)"
+            f"{info['trainable']:,} of {info['total']:,} parameters train{stage} "
+            f"({100 * info['trainable_fraction']:.2f}%)"
+            + ("; then only the last layer and the spectral head" if tune.strategy == "refiner" else "")
         )
 
     # ------------------------------------------------------------------ hooks of the pretraining loop

@@ -32,17 +32,13 @@ from finetune.config import FinetuneArguments
 from finetune.trainer import Finetuner
 from foundation import ScOT
 from foundation.pdes import generate
+from foundation.plots import field_rows
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
 from pretrain.trainer import Pretrainer
 
 
 def plot_predictions(model: ScOT, val_set, path: Path) -> None:
     """One validation pair per dataset: input, truth, prediction and error for every channel it has."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     picks, seen = [], set()
     for k in range(len(val_set)):
         part, _ = val_set.locate(k)
@@ -50,23 +46,17 @@ def plot_predictions(model: ScOT, val_set, path: Path) -> None:
         if part not in seen and item["time"].item() > 0.3:
             picks.append(item)
             seen.add(part)
-    rows = [(item, c) for item in picks for c in range(item["labels"].shape[0]) if item["channel_mask"][c] > 0]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.3 * len(rows)), squeeze=False)
     names = model.config.output_channel_names
+    rows = []
     with torch.no_grad():
-        preds = [model(pixel_values=it["pixel_values"][None], time=it["time"][None]).output[0] for it in picks]
-    for r, (item, c) in enumerate(rows):
-        pred = preds[next(i for i, it in enumerate(picks) if it is item)]
-        panels = [item["pixel_values"][c], item["labels"][c], pred[c], pred[c] - item["labels"][c]]
-        titles = ["input", f"truth (lead {item['time'].item():.2f})", "prediction", "error"]
-        for ax, panel, title in zip(axes[r], panels, titles):
-            image = ax.imshow(panel.numpy(), cmap="RdBu_r" if title == "error" else "viridis")
-            ax.set_title(f"{names[c]}: {title}", fontsize=8)
-            ax.axis("off")
-            fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        for item in picks:
+            pred = model(pixel_values=item["pixel_values"][None], time=item["time"][None]).output[0]
+            titles = ["input", f"truth (lead {item['time'].item():.2f})", "prediction", "error"]
+            for c in range(item["labels"].shape[0]):
+                if item["channel_mask"][c] > 0:
+                    truth = item["labels"][c]
+                    rows.append((names[c], [item["pixel_values"][c], truth, pred[c], pred[c] - truth], titles))
+    field_rows(rows, path)
 
 
 def finetune_demo(args, base: str, data_dir: Path) -> dict:
