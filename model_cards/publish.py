@@ -38,7 +38,9 @@ def prepare_release(
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite)")
     meta = collect_run(run)
-    base_model = base_model or (meta["args"].get("model") or {}).get("init_from")  # a fine-tuning run's base
+    init_from = (meta["args"].get("model") or {}).get("init_from")  # a fine-tuning run's base model
+    if not base_model and init_from and not Path(init_from).exists():  # the Hub's base_model is a repo id, not a path
+        base_model = init_from
     card = render_model_card(meta, repo_id, license=license, base_model=base_model)
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -138,6 +138,7 @@ def collect_run(run_dir: str | Path) -> dict[str, Any]:
         "result": _read_json(run / "result.json") or {},
         "plot": "predictions.png" if (run / "predictions.png").exists() else None,
         "evaluation": _read_json(run / "evaluation" / "evaluation.json"),
+        "refined": (run / "model" / "spectral_head.json").exists(),
         "parameters": _count_parameters(run / "model" / "model.safetensors"),
     }
 
@@ -275,6 +276,13 @@ def render_model_card(
             f"{rollout.get('rollout_final_median_rel_l1', float('nan')):.2f}%.\n"
         )
     lead_table += _evaluation_section(meta.get("evaluation"), result)
+    if meta.get("refined"):
+        lead_table += (
+            "\n**Spectral-Refiner head.** This repository holds a spectral head beside the weights "
+            f'(`spectral_head.safetensors`): load it with `finetune.load_model("{repo_id}")`. '
+            "`ScOT.from_pretrained` gives the model without the head, and the validation table above was measured "
+            "before the refinement.\n"
+        )
     return ModelCard.from_template(
         card_data,
         template_str=MODEL_TEMPLATE,

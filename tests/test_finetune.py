@@ -222,6 +222,14 @@ def test_refiner_strategy_freezes_the_body_and_improves_validation(base_dir, ac_
     assert summary["head_parameters"] < 0.01 * result["parameters"]["total"]
     assert "before_refiner" in result["evaluation"]
     assert (tmp_path / "evaluation" / "before-refiner" / "evaluation.json").exists()
+    # the evaluation feeds the model card, and the release carries the head
+    from model_cards.publish import prepare_release
+
+    files = prepare_release(tmp_path, tmp_path / "release", "org/ac-refined")
+    assert {"spectral_head.safetensors", "spectral_head.json", "evaluation", "README.md"} <= set(files)
+    card = (tmp_path / "release" / "README.md").read_text()
+    assert "Held-out evaluation (test split" in card and "Spectral-Refiner: median relative L1" in card
+    assert 'finetune.load_model("org/ac-refined")' in card and "base_model:" not in card  # a local path is no id
 
 
 def test_relative_sobolev_loss_is_zero_for_the_truth_and_weighs_low_modes_more():
