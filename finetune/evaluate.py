@@ -49,17 +49,23 @@ def load_model(path: str | Path):
 def pairs_for_model(config, source, split: str, **options) -> All2AllPairs:
     """All2all pairs of `source` normalised with the model's statistics (matched by channel name)."""
     info = source.info
-    names = list(config.channel_names)
-    missing = [c for c in list(info.channel_names) + list(info.static_names) if c not in names]
+    names, outputs = list(config.channel_names), list(config.output_channel_names)
+    inputs = ([] if info.steady else list(info.channel_names)) + list(info.static_names)
+    missing = [c for c in inputs if c not in names] + [c for c in info.channel_names if c not in outputs]
     if missing:
-        raise DataError(f"{info.name}: channels {missing} are not inputs of the model ({names})")
-    pick = lambda c: (config.input_mean[names.index(c)], config.input_std[names.index(c)])  # noqa: E731
+        raise DataError(f"{info.name}: channels {missing} are not in the model's inputs {names} / outputs {outputs}")
+
+    def stats(c: str) -> tuple[float, float]:  # states normalise as the model's inputs (or outputs if steady)
+        if c in names:
+            return config.input_mean[names.index(c)], config.input_std[names.index(c)]
+        return config.output_mean[outputs.index(c)], config.output_std[outputs.index(c)]
+
     source.info = dataclasses.replace(
         info,
-        mean=[pick(c)[0] for c in info.channel_names],
-        std=[pick(c)[1] for c in info.channel_names],
-        static_mean=[pick(c)[0] for c in info.static_names] or info.static_mean,
-        static_std=[pick(c)[1] for c in info.static_names] or info.static_std,
+        mean=[stats(c)[0] for c in info.channel_names],
+        std=[stats(c)[1] for c in info.channel_names],
+        static_mean=[stats(c)[0] for c in info.static_names] or info.static_mean,
+        static_std=[stats(c)[1] for c in info.static_names] or info.static_std,
     )
     return All2AllPairs(source, split, **options)
 

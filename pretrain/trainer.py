@@ -119,7 +119,9 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
         for part in train_parts:
             vocabulary += [c for c in part.input_names if c not in vocabulary]
     targets = [c for c in vocabulary if any(c in p.target_names for p in train_parts)]
-    stats = channel_statistics(sources, vocabulary)
+    for part in train_parts:  # outputs that are no inputs: a steady problem's solution (static f -> u)
+        targets += [c for c in part.target_names if c not in targets]
+    stats = channel_statistics(sources, vocabulary + [c for c in targets if c not in vocabulary])
     mean, std = [stats[c][0] for c in vocabulary], [stats[c][1] for c in vocabulary]
     train_set = Mixture(train_parts, vocabulary, targets, weights=data.weights, input_mean=mean, input_std=std)
     val_set = Mixture(val_parts, vocabulary, targets, input_mean=mean, input_std=std)

@@ -495,3 +495,15 @@ def test_residual_refiner_through_the_finetuner(base_dir, tmp_path):
     history = json.loads((tmp_path / "run" / "refiner_history.json").read_text())
     assert result["refiner"]["loss"] == "residual" and history["loss"][0][1] == pytest.approx(1.0, rel=0.5)
     assert min(v for _, v in history["loss"]) < history["loss"][0][1]
+
+
+def test_steady_problem_is_one_step_of_lead_time_one(base_dir, tmp_path):
+    """Poisson (static source f -> solution u): inputs are the static field, one pair per sample at lead time 1."""
+    data = generate("poisson-gauss", 20, 16, tmp_path / "poisson.h5", seed=0, progress=False)
+    trainer = run(base_dir, data, tmp_path / "run", "full", steps=5)
+    assert trainer.config.channel_names == ["f"] and trainer.config.output_channel_names == ["u"]
+    assert {float(trainer.train_set[k]["time"]) for k in range(len(trainer.train_set))} == {1.0}
+    result = trainer.train()
+    evaluation = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
+    assert set(evaluation["by_lead_time"]) == {"1.000"} and evaluation["rollout"] == {}
+    assert result["evaluation"]["median_rel_l1/u"] > 0
