@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -84,9 +85,8 @@ class Finetuner(Pretrainer):
 
     # ------------------------------------------------------------------ hooks of the pretraining loop
     def _build_data(self):
-        acc, args = self.accelerator, self.args
-        out = build_data(self.data_args, args.seed, acc.process_index, acc.num_processes, self.tune.train_trajectories)
-        return out
+        acc, seed = self.accelerator, self.args.seed
+        return build_data(self.data_args, seed, acc.process_index, acc.num_processes, self.tune.train_trajectories)
 
     def build_model(self, grid: tuple[int, int]) -> torch.nn.Module:
         tune, stats = self.tune, self.stats
@@ -224,14 +224,11 @@ class Finetuner(Pretrainer):
             )
             before = model_dir.with_name("model-before-refiner")
             if before.exists():
-                import shutil
-
                 shutil.rmtree(before)
             os.replace(model_dir, before)  # the unrefined model stays available (and is evaluated too)
             refined.save_pretrained(model_dir)
-            for extra in ("training_data.json",):
-                if (before / extra).exists():
-                    (model_dir / extra).write_bytes((before / extra).read_bytes())
+            if (before / "training_data.json").exists():
+                shutil.copy2(before / "training_data.json", model_dir / "training_data.json")
             summary = {
                 "loss": tune.refiner_loss,
                 "fit_pairs": len(fit),
