@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,6 +53,26 @@ def parameter_roles(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter
     return roles
 
 
+@contextmanager
+def full_weights():
+    """Load whole tensors even under a ZeRO-3 launch, where transformers would partition them at load time.
+
+    Channel surgery copies rows of the loaded tensors; DeepSpeed partitions the finished model in `prepare`.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    reference = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    config = reference() if reference is not None else None
+    if config is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
+
+
 def count_parameters(model: torch.nn.Module) -> dict[str, int | float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -73,8 +94,7 @@ class Finetuner(Pretrainer):
         data_args = copy.deepcopy(data_args)
         data_args.datasets = resolve_specs(data_args.datasets, Path(train_args.output_dir).parent / "data")
         super().__init__(model_args, data_args, train_args)
-        self.parameters_info = count_parameters(self.model)
-        info = self.parameters_info
+        info = self.parameters_info  # counted in param_groups, before ZeRO-3 partitions the tensors
         stage = f" in the {train_args.max_steps} full fine-tuning steps" if tune.strategy == "refiner" else ""
         self.accelerator.print(
             f"[finetune] strategy {tune.strategy}{' (from scratch)' if tune.from_scratch else ''}: "
@@ -90,7 +110,8 @@ class Finetuner(Pretrainer):
 
     def build_model(self, grid: tuple[int, int]) -> torch.nn.Module:
         tune, stats = self.tune, self.stats
-        base = ScOT.from_pretrained(self.model_args.init_from)
+        with full_weights():  # surgery reads and writes whole tensors, also under ZeRO-3
+            base = ScOT.from_pretrained(self.model_args.init_from)
         model = adapt_channels(
             base, self.vocabulary, self.targets, input_stats=stats, output_stats=stats, seed=self.args.seed
         )
@@ -123,6 +144,7 @@ class Finetuner(Pretrainer):
         return {"finetune": asdict(self.tune)}
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
+        self.parameters_info = count_parameters(model)
         tune, lr = self.tune, self.args.learning_rate
         trainable = [p for p in model.parameters() if p.requires_grad]
         if tune.from_scratch:
@@ -145,7 +167,8 @@ class Finetuner(Pretrainer):
         if acc.is_main_process:
             config = copy.deepcopy(self.config)
             config.dtype = torch.float32
-            fresh = lora.wrap(ScOT(config), copy.deepcopy(self.lora_config))
+            with full_weights():  # under ZeRO-3, peft would gather (a collective) on this one rank and hang
+                fresh = lora.wrap(ScOT(config), copy.deepcopy(self.lora_config))
             fresh.load_state_dict({k: v.float().cpu() for k, v in state.items()})
             lora.save_adapter(fresh, self.out / "adapter", self.model_args.init_from)
             fresh.merge_and_unload().save_pretrained(folder, safe_serialization=True)
@@ -178,7 +201,8 @@ class Finetuner(Pretrainer):
         if acc.is_main_process:
             from .evaluate import evaluate_run
 
-            result["evaluation"] = evaluate_run(self, Path(result["model"]), self.out / "evaluation")
+            with full_weights():  # one rank loading under a ZeRO-3 launch must not enter collectives
+                result["evaluation"] = evaluate_run(self, Path(result["model"]), self.out / "evaluation")
             (self.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
         acc.wait_for_everyone()
         return result
@@ -189,7 +213,8 @@ class Finetuner(Pretrainer):
         summary: dict = {}
         if acc.is_main_process:
             start = time.perf_counter()
-            model = ScOT.from_pretrained(model_dir).eval()
+            with full_weights():
+                model = ScOT.from_pretrained(model_dir).eval()
             for p in model.parameters():
                 p.requires_grad_(False)
             residual_mode = tune.refiner_loss == "residual"

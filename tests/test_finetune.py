@@ -507,3 +507,18 @@ def test_steady_problem_is_one_step_of_lead_time_one(base_dir, tmp_path):
     evaluation = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
     assert set(evaluation["by_lead_time"]) == {"1.000"} and evaluation["rollout"] == {}
     assert result["evaluation"]["median_rel_l1/u"] > 0
+
+
+def test_lora_under_deepspeed_zero3_two_processes(base_dir, ac_file, tmp_path):
+    """ZeRO-3 partitions weights at load time: surgery, the adapter export and the one-rank evaluation must not."""
+    out = tmp_path / "z3"
+    args = ["--init_from", str(base_dir), "--datasets", str(ac_file), "--output_dir", str(out)]
+    proc = _launch(args + ["--strategy", "lora", "--max_steps", "3"], "cpu-2proc-zero3.yaml")
+    assert "2 process(es), DEEPSPEED" in proc.stdout + proc.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert 0 < result["parameters"]["trainable"] < result["parameters"]["total"]  # counted before partitioning
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([0.25, 1.0])
+    with torch.no_grad():
+        from_adapter = load_model(out / "adapter")(pixel_values=x, time=t).output
+        merged = load_model(out / "model")(pixel_values=x, time=t).output
+    assert torch.allclose(from_adapter, merged, atol=1e-5)
