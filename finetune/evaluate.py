@@ -25,6 +25,7 @@ import torch
 
 from foundation import ScOT
 from foundation.data import All2AllPairs, DataError, Mixture, open_source
+from foundation.metrics import relative_error_per_sample
 
 from .refiner import HEAD_CONFIG, RefinedScOT
 
@@ -71,17 +72,6 @@ def pairs_for_model(config, source, split: str, **options) -> All2AllPairs:
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def _relative(pred: torch.Tensor, truth: torch.Tensor, groups: list[int], mask: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, G) relative Lp error in % per sample and channel group (NaN for absent groups)."""
-    diff = (pred - truth).abs().pow(p).flatten(2).sum(-1) * mask
-    ref = truth.abs().pow(p).flatten(2).sum(-1) * mask
-    out = []
-    for a, b in zip(groups[:-1], groups[1:]):
-        err = (diff[:, a:b].sum(-1) / (ref[:, a:b].sum(-1) + 1e-20)).pow(1 / p) * 100
-        out.append(torch.where(mask[:, a:b].sum(-1) > 0, err, torch.full_like(err, float("nan"))))
-    return torch.stack(out, -1)
-
-
 def _stats(errors: torch.Tensor, names: list[str], tag: str) -> dict[str, float]:
     out = {}
     for stat, fn in (("median", lambda e: torch.nanmedian(e)), ("mean", lambda e: torch.nanmean(e))):
@@ -153,8 +143,8 @@ def evaluate_model(
         pred = phys(model(pixel_values=batch["pixel_values"], time=batch["time"]).output)
         truth = phys(batch["labels"])
         mask = batch["channel_mask"]
-        l1.append(_relative(pred, truth, groups, mask, 1))
-        l2.append(_relative(pred, truth, groups, mask, 2))
+        l1.append(relative_error_per_sample(pred, truth, groups, p=1, channel_mask=mask))
+        l2.append(relative_error_per_sample(pred, truth, groups, p=2, channel_mask=mask))
         leads.append(batch["time"])
         s = torch.stack([radial_spectrum(truth), radial_spectrum(pred), radial_spectrum(pred - truth)])  # (3,B,C,K)
         s = (s * mask[None, :, :, None]).sum(1)  # (3, C, K)
@@ -242,8 +232,12 @@ def rollouts(model, data: Mixture, trajectories: int, phys, groups: list[int]) -
                 x = x.clone()
                 x[:, feed] = y.to(x.dtype)
                 lead = round(float(target["time"]), 3)
-                direct.setdefault(lead, []).append(float(torch.nanmean(_relative(d, truth, groups, mask, 1))))
-                chained.setdefault(lead, []).append(float(torch.nanmean(_relative(phys(y), truth, groups, mask, 1))))
+                direct.setdefault(lead, []).append(
+                    float(torch.nanmean(relative_error_per_sample(d, truth, groups, channel_mask=mask)))
+                )
+                chained.setdefault(lead, []).append(
+                    float(torch.nanmean(relative_error_per_sample(phys(y), truth, groups, channel_mask=mask)))
+                )
     return {
         f"{t:.3f}": {"direct": float(np.median(direct[t])), "autoregressive": float(np.median(chained[t]))}
         for t in sorted(direct)
