@@ -1,9 +1,10 @@
 """Configuration of the scalable multiscale operator transformer (scOT).
 
-`ScOTConfig` is a transformers config (`model_type = "scot"`). It also reads the configs of the
-published Poseidon checkpoints (`model_type: swinv2`, `architectures: ["SwinForPDE"]`) as they are
-and gives them the published defaults for what those configs do not say (channels, normalisation,
-time scale, resampling).
+`ScOTConfig` is a transformers config (`model_type = "scot"`). It also reads configs in the reference
+(Poseidon) layout as they are: the published checkpoints (`model_type: swinv2`, `architectures:
+["SwinForPDE"]`) and what the reference's own `save_pretrained` writes (`architectures: ["ScOT"]`),
+recognised by their scOT-only keys, with the reference's semantics and the published defaults for what
+those configs do not say (channels, normalisation, time scale, resampling).
 """
 
 from __future__ import annotations
@@ -281,34 +282,107 @@ class ScOTConfig(PretrainedConfig):
         return super().from_dict(translate_config_dict(dict(config_dict), source="config dict"), **kwargs)
 
 
+# Keys that only the reference's `ScOTConfig` writes (a plain transformers Swinv2Config has none of them).
+# A `swinv2` config that carries them is a scOT checkpoint, whatever its `architectures` say: the published
+# Hub configs name "SwinForPDE", the reference's own `save_pretrained` writes "ScOT".
+SCOT_ONLY_KEYS = (
+    "use_conditioning",
+    "residual_model",
+    "skip_connections",
+    "num_out_channels",
+    "learn_residual",
+    "channel_slice_list_normalized_loss",
+)
+
+# The reference `ScOTConfig.__init__` defaults (camlab-ethz/poseidon, scOT/model.py), for keys a reference-layout
+# config leaves out. The reference's save_pretrained writes every one of them; hand-written configs may not.
+REFERENCE_DEFAULTS: dict[str, Any] = dict(
+    image_size=224,
+    patch_size=4,
+    num_channels=3,
+    num_out_channels=1,
+    embed_dim=96,
+    depths=[2, 2, 6, 2],
+    num_heads=[3, 6, 12, 24],
+    window_size=7,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    drop_path_rate=0.1,
+    hidden_act="gelu",
+    use_absolute_embeddings=False,
+    initializer_range=0.02,
+    layer_norm_eps=1e-5,
+    p=1,
+    residual_model="convnext",
+    use_conditioning=False,
+    learn_residual=False,
+)
+
+
 def is_poseidon_config(config_dict: dict[str, Any]) -> bool:
-    """True for the configs of the published Poseidon checkpoints (swinv2 + SwinForPDE)."""
-    return config_dict.get("model_type") == "swinv2" and "SwinForPDE" in (config_dict.get("architectures") or [])
+    """True for configs in the reference (Poseidon) layout: `model_type` swinv2 plus scOT-only keys.
+
+    That covers the published Hub checkpoints (`architectures` ["SwinForPDE"]) and what the reference's own
+    `save_pretrained` writes (`architectures` ["ScOT"]); a plain Swinv2 image model has none of these keys.
+    """
+    return config_dict.get("model_type") == "swinv2" and any(key in config_dict for key in SCOT_ONLY_KEYS)
+
+
+def _translate_reference(config_dict: dict[str, Any], source: str) -> dict[str, Any]:
+    """Our config dict for a reference-layout config, with the reference's own semantics."""
+    out = {**REFERENCE_DEFAULTS, **config_dict}
+    out["model_type"] = ScOTConfig.model_type
+    out.pop("architectures", None)  # "SwinForPDE" / "ScOT": our class writes its own
+    stages = len(out["depths"])
+    # The reference's ScOTConfig ignores the stored value and always uses (0, 0, 0, 0), indexed per stage: a
+    # 3-stage config keeps a 4-entry list, a 5-stage one would not even run there. 0 = the stage's own window.
+    stored = out.get("pretrained_window_sizes")
+    if stored is not None and any(stored):
+        logger.warning("%s: pretrained_window_sizes=%s ignored, as the reference ignores it (uses 0)", source, stored)
+    out["pretrained_window_sizes"] = [0] * stages
+    # The reference builds one skip entry per stage from the list (True means one ConvNeXt block, False none).
+    skips = out.get("skip_connections")
+    if isinstance(skips, (list, tuple)):
+        if len(skips) != stages:
+            raise ValueError(
+                f"{source}: skip_connections has {len(skips)} entries for {stages} stages; the reference model "
+                f"needs one per stage (its default [True, True, True] only fits 3 stages)"
+            )
+        out["skip_connections"] = [int(v) for v in skips]
+    # The reference silently drops learn_residual without conditioning; so do we (it never ran with it).
+    if not out.get("use_conditioning", False):
+        out["learn_residual"] = False
+    # None means "one absolute loss over all channels" in the reference: one group.
+    if out.get("channel_slice_list_normalized_loss") is None:
+        out["channel_slice_list_normalized_loss"] = [0, out["num_out_channels"]]
+    # The reference keeps channel names and statistics in its data code, not in the config. Four channels are
+    # Poseidon's (rho, u, v, p with the published statistics); any other count gets generic names (c0.., o0..)
+    # and identity statistics (mean 0, std 1): the caller's data must then be normalised as it was in training.
+    n_in, n_out = out["num_channels"], out["num_out_channels"]
+    if n_in == len(POSEIDON_CHANNELS):
+        out.setdefault("channel_names", POSEIDON_CHANNELS)
+        out.setdefault("input_mean", POSEIDON_MEAN)
+        out.setdefault("input_std", POSEIDON_STD)
+    if n_out == len(POSEIDON_CHANNELS):
+        out.setdefault("output_channel_names", POSEIDON_CHANNELS)
+        out.setdefault("output_mean", POSEIDON_MEAN)
+        out.setdefault("output_std", POSEIDON_STD)
+    out.setdefault("time_scale", 1.0)
+    out.setdefault("input_resampling", "fourier")
+    return out
 
 
 def translate_config_dict(config_dict: dict[str, Any], source: str) -> dict[str, Any]:
     """Return our config dict for `config_dict`, or raise `ValueError` naming `source` if it is not scOT."""
     model_type = config_dict.get("model_type")
     if is_poseidon_config(config_dict):
-        out = dict(config_dict)
-        out["model_type"] = ScOTConfig.model_type
-        n_in, n_out = out.get("num_channels", 4), out.get("num_out_channels", 4)
-        # The published configs carry no statistics: give them the published defaults where they fit.
-        if n_in == len(POSEIDON_CHANNELS):
-            out.setdefault("channel_names", POSEIDON_CHANNELS)
-            out.setdefault("input_mean", POSEIDON_MEAN)
-            out.setdefault("input_std", POSEIDON_STD)
-        if n_out == len(POSEIDON_CHANNELS):
-            out.setdefault("output_channel_names", POSEIDON_CHANNELS)
-            out.setdefault("output_mean", POSEIDON_MEAN)
-            out.setdefault("output_std", POSEIDON_STD)
-        out.setdefault("time_scale", 1.0)
-        out.setdefault("input_resampling", "fourier")
-        return out
+        return _translate_reference(config_dict, source)
     if model_type in (None, ScOTConfig.model_type):
         return config_dict
-    hint = " (a plain Swinv2 image model, not a Poseidon SwinForPDE)" if model_type == "swinv2" else ""
+    hint = " (a plain Swinv2 image model: it has none of the scOT-only keys)" if model_type == "swinv2" else ""
     raise ValueError(
-        f"{source}: config has model_type {model_type!r}{hint}; expected 'scot' or a Poseidon config "
-        f"(model_type 'swinv2' with architectures ['SwinForPDE'])"
+        f"{source}: config has model_type {model_type!r}{hint}; expected 'scot' or a Poseidon/reference scOT "
+        f"config (model_type 'swinv2' with scOT keys such as 'use_conditioning')"
     )

@@ -30,6 +30,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = (REPO_ROOT / ".." / "shared").resolve()
 FIXTURES = SHARED / "fixtures" / "poseidon-reference"
 REFERENCE = SHARED / "reference"
+# The small parity fixtures (scot-mini, scot-3stage) are kept with the tests: a clean clone runs them.
+LOCAL_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "poseidon-reference"
+
+
+def fixture_names() -> list[str]:
+    """Names of every reference fixture, in ../shared or kept with the tests."""
+    folders = [*FIXTURES.glob("*/io.safetensors"), *LOCAL_FIXTURES.glob("*/io.safetensors")]
+    return sorted({folder.parent.name for folder in folders})
+
+
+def fixture_folder(name: str) -> Path:
+    """A reference fixture folder: the maintained copy in ../shared when present, else the one in tests/."""
+    for root in (FIXTURES, LOCAL_FIXTURES):
+        if (root / name / "io.safetensors").exists():
+            return root / name
+    return _require(FIXTURES / name)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -22,20 +22,22 @@ def batch(b=2, c=4, h=32, w=32):
 
 
 def _fixture_cases():
-    from conftest import FIXTURES
+    from conftest import fixture_folder, fixture_names
 
     cases = []
-    for folder in sorted(FIXTURES.glob("*/io.safetensors")):
-        for key in load_file(folder).keys():
+    for name in fixture_names():
+        for key in load_file(fixture_folder(name) / "io.safetensors").keys():
             if key.startswith("input_"):
-                cases.append((folder.parent.name, key.split("_", 1)[1]))
+                cases.append((name, key.split("_", 1)[1]))
     return cases or [("missing", "0")]
 
 
 # ------------------------------------------------------------------------------------------ reference parity
 @pytest.mark.parametrize("name,res", _fixture_cases())
-def test_reproduces_reference_outputs(fixtures_dir: Path, name: str, res: str):
-    folder = fixtures_dir / name
+def test_reproduces_reference_outputs(name: str, res: str):
+    from conftest import fixture_folder
+
+    folder = fixture_folder(name)
     model = ScOT.from_pretrained(folder).eval()
     io = load_file(folder / "io.safetensors")
     with torch.no_grad():
@@ -53,6 +55,85 @@ def test_published_config_gets_published_defaults(fixtures_dir: Path):
     assert config.input_std == [0.31, 0.391, 0.356, 0.185]
     assert config.time_scale == 1.0 and config.input_resampling == "fourier"
     assert config.channel_slice_list_normalized_loss == [0, 1, 3, 4]
+
+
+def _reference_written_config(depths: list[int], **values) -> dict:
+    """config.json as the reference's own `ScOT.save_pretrained` writes it (transformers 4.45, to_diff_dict).
+
+    The reference's ScOTConfig keeps its per-stage defaults whatever the depth (pretrained_window_sizes is always
+    4 entries) and names the architecture "ScOT"; every scOT-only key is written.
+    """
+    stages = len(depths)
+    config = {
+        "architectures": ["ScOT"],
+        "model_type": "swinv2",
+        "attention_probs_dropout_prob": 0.0,
+        "channel_slice_list_normalized_loss": None,
+        "depths": depths,
+        "drop_path_rate": 0.1,
+        "embed_dim": 8,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "hidden_size": 8 * 2 ** (stages - 1),
+        "image_size": 32,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-05,
+        "learn_residual": False,
+        "mlp_ratio": 4.0,
+        "num_channels": 3,
+        "num_heads": [1, 2, 4, 8][:stages],
+        "num_layers": stages,
+        "num_out_channels": 1,
+        "p": 1,
+        "patch_size": 2,
+        "pretrained_window_sizes": [0, 0, 0, 0],
+        "qkv_bias": True,
+        "residual_model": "convnext",
+        "skip_connections": [True] * stages,
+        "torch_dtype": "float32",
+        "transformers_version": "4.45.2",
+        "use_absolute_embeddings": False,
+        "use_conditioning": True,
+        "window_size": 4,
+    }
+    config.update(values)
+    return config
+
+
+@pytest.mark.parametrize("depths", [[1, 1], [1, 1, 2], [1, 1, 2, 1]])
+def test_reference_written_configs_load_for_any_stage_count(tmp_path: Path, depths: list[int]):
+    written = _reference_written_config(depths)
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    config = ScOTConfig.from_pretrained(tmp_path)
+    assert config.depths == depths and config.pretrained_window_sizes == [0] * len(depths)
+    assert config.skip_connections == [1] * len(depths)  # True = one ConvNeXt block, as in the reference
+    assert config.num_channels == 3 and config.num_out_channels == 1
+    # Not 4 channels: generic names and identity statistics (the reference keeps them in its data code).
+    assert config.channel_names == ["c0", "c1", "c2"] and config.output_channel_names == ["c0"]
+    assert config.input_mean == [0.0] * 3 and config.output_std == [1.0]
+    assert config.channel_slice_list_normalized_loss == [0, 1]  # None in the reference: one absolute loss
+    # Weights in the reference layout (ours are key-for-key the same) load and run; AutoModel reads it too.
+    model = ScOT(config).eval()
+    model.save_pretrained(tmp_path / "ours")
+    (tmp_path / "ours" / "config.json").write_text(json.dumps(written))
+    again, info = ScOT.from_pretrained(tmp_path / "ours", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    x, t = batch(c=3)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(pixel_values=x, time=t).output, model(pixel_values=x, time=t).output)
+
+
+def test_reference_written_config_keeps_the_references_semantics(tmp_path: Path):
+    # The reference drops learn_residual without conditioning (we refuse that pair in our own configs).
+    (tmp_path / "config.json").write_text(
+        json.dumps(_reference_written_config([1, 1, 2], use_conditioning=False, learn_residual=True))
+    )
+    config = ScOTConfig.from_pretrained(tmp_path)
+    assert not config.use_conditioning and not config.learn_residual
+    # A skip list that does not fit the stages cannot have come from a model the reference ran.
+    (tmp_path / "config.json").write_text(json.dumps(_reference_written_config([1, 1, 2], skip_connections=[1, 1])))
+    with pytest.raises(ValueError, match="skip_connections has 2 entries for 3 stages"):
+        ScOTConfig.from_pretrained(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ checkpoint layout
