@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from foundation import ScOT, fourier_resample
 from foundation.losses import negative_sobolev_norm
 from foundation.metrics import relative_error_per_sample
+from foundation.modeling_scot import SPECTRAL_HEAD_CONFIG
 
 HEAD_WEIGHTS = "spectral_head.safetensors"
-HEAD_CONFIG = "spectral_head.json"
+HEAD_CONFIG = SPECTRAL_HEAD_CONFIG
 
 
 # ----------------------------------------------------------------------------------------------- the head
@@ -111,7 +112,7 @@ class RefinedScOT(nn.Module):
             head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
         except Exception as error:  # safetensors and load_state_dict raise their own error types
             raise ValueError(f"{folder / HEAD_WEIGHTS}: not a spectral head of {spec} ({error})") from error
-        return cls(ScOT.from_pretrained(folder), head)
+        return cls(ScOT.from_pretrained(folder, ignore_spectral_head=True), head)
 
 
 # ----------------------------------------------------------------------------------------------- features

@@ -4,7 +4,8 @@ The reference re-initialises the whole embedding and recovery when the channel c
 weights of channels the model knows are kept (matched by name), and new channels start where they cannot
 disturb the known ones: new input channels with zero embedding weights, new output channels with fresh
 recovery weights and no mixing into the known outputs. With the known channels a superset of the old ones,
-the known outputs are exactly the pretrained model's at step 0. The body (everything between embedding and
+the known outputs are exactly the pretrained model's at step 0. Known outputs keep their loss/metric channel
+groups (`keep_groups`); a new output is a group of its own. The body (everything between embedding and
 recovery) is copied unchanged; fine-tuning wraps the model, it never edits the model file.
 """
 
@@ -15,6 +16,25 @@ import copy
 import torch
 
 from foundation import ScOT
+
+
+def keep_groups(old_config, output_channel_names: list[str]) -> list[int]:
+    """Loss/metric channel-group boundaries for new outputs, keeping the old groups by name.
+
+    A known output keeps the group it had (Poseidon's rho | u, v | p stay three groups when the channels are
+    unchanged or reordered with the group members side by side); a new output forms a group of its own. Groups
+    are contiguous slices, so members of one old group that end up apart (e.g. outputs u, p, v) form one group
+    per contiguous run: a group is never stretched over a channel of another.
+    """
+    old_names, bounds = old_config.output_channel_names, old_config.channel_slice_list_normalized_loss
+    old_group = {name: g for g in range(len(bounds) - 1) for name in old_names[bounds[g] : bounds[g + 1]]}
+    labels = [old_group.get(name, ("new", name)) for name in output_channel_names]
+    out = [0]
+    for i in range(1, len(labels)):
+        if labels[i] != labels[i - 1] or isinstance(labels[i], tuple):
+            out.append(i)
+    out.append(len(labels))
+    return out
 
 
 def adapt_channels(
@@ -57,7 +77,7 @@ def adapt_channels(
     config.output_mean, config.output_std = stats(
         output_channel_names, old.output_channel_names, old.output_mean, old.output_std, output_stats
     )
-    config.channel_slice_list_normalized_loss = list(range(len(output_channel_names) + 1))
+    config.channel_slice_list_normalized_loss = keep_groups(old, list(output_channel_names))
     config.check()
     new = ScOT(config)
     state = {k: v for k, v in model.state_dict().items()}

@@ -25,6 +25,9 @@ from transformers.utils import logging as transformers_logging_module
 
 from .configuration_scot import ScOTConfig
 
+# A Spectral-Refiner folder (finetune/refiner.py) is a model folder plus this file and the head's weights.
+SPECTRAL_HEAD_CONFIG = "spectral_head.json"
+
 
 # ----------------------------------------------------------------------------------------------- resampling
 def fourier_resample(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -563,6 +566,26 @@ class ScOTPreTrainedModel(PreTrainedModel):
             module.weight.fill_(1e-6)
 
 
+def _refuse_refined_folder(name_or_path, kwargs: dict) -> None:
+    """Raise if `name_or_path` (folder or Hub repo id) is a Spectral-Refiner folder."""
+    from transformers.utils import cached_file
+
+    hub_options = ("revision", "cache_dir", "token", "local_files_only", "subfolder", "force_download", "proxies")
+    found = cached_file(
+        name_or_path,
+        SPECTRAL_HEAD_CONFIG,
+        **{k: kwargs[k] for k in hub_options if k in kwargs},
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if found is not None:
+        raise ValueError(
+            f"{name_or_path}: a Spectral-Refiner model (it has {SPECTRAL_HEAD_CONFIG}); ScOT.from_pretrained would "
+            f"drop its spectral head and change its predictions. Load it with finetune.load_model("
+            f"'{name_or_path}') (or pass ignore_spectral_head=True for the scOT underneath)"
+        )
+
+
 class ScOT(ScOTPreTrainedModel):
     """The scOT operator: (normalised fields at t0, lead time) -> normalised fields at t0 + lead time.
 
@@ -598,9 +621,15 @@ class ScOT(ScOTPreTrainedModel):
         A checkpoint that does not fit its config (missing or unexpected tensors, other shapes) raises a
         `ValueError` naming the first differences, instead of loading half-initialised weights. Pass
         `ignore_mismatched_sizes=True` to re-initialise tensors whose shapes differ (head surgery).
+
+        A Spectral-Refiner folder is refused: this class would return it without its spectral head, so its
+        predictions would silently change. `finetune.load_model` loads it whole; `ignore_spectral_head=True`
+        loads the scOT underneath on purpose.
         """
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         want_info = kwargs.pop("output_loading_info", False)
+        if not kwargs.pop("ignore_spectral_head", False):
+            _refuse_refined_folder(pretrained_model_name_or_path, kwargs)
         hf_logging = transformers_logging_module
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # our own error below replaces transformers' long loading report

@@ -280,7 +280,8 @@ def render_model_card(
         lead_table += (
             "\n**Spectral-Refiner head.** This repository holds a spectral head beside the weights "
             f'(`spectral_head.safetensors`): load it with `finetune.load_model("{repo_id}")`. '
-            "`ScOT.from_pretrained` gives the model without the head, and the validation table above was measured "
+            "`ScOT.from_pretrained` refuses it (it would drop the head; `ignore_spectral_head=True` loads the scOT "
+            "underneath on purpose), and the validation table above was measured "
             "before the refinement.\n"
         )
     return ModelCard.from_template(

@@ -45,3 +45,27 @@ def test_subset_and_reordering_copy_rows_by_name():
     body = [k for k in base.state_dict() if not k.startswith(("embeddings.patch_embeddings", "patch_recovery"))]
     assert all(torch.equal(base.state_dict()[k], new.state_dict()[k]) for k in body)
     assert new.config.channel_names == ["v", "u"] and new.config.num_out_channels == 1
+
+
+def test_unchanged_channels_keep_poseidons_groups():
+    from conftest import fixture_folder
+
+    base = ScOT.from_pretrained(fixture_folder("scot-mini"))  # the published Poseidon layout
+    assert base.config.channel_slice_list_normalized_loss == [0, 1, 3, 4]  # rho | u, v | p
+    same = adapt_channels(base, ["rho", "u", "v", "p"], ["rho", "u", "v", "p"])
+    assert same.config.channel_slice_list_normalized_loss == [0, 1, 3, 4]
+    # A static input added: outputs unchanged, so are the groups.
+    assert adapt_channels(
+        base, ["rho", "u", "v", "p", "c"], ["rho", "u", "v", "p"]
+    ).config.channel_slice_list_normalized_loss == [0, 1, 3, 4]
+
+
+def test_new_outputs_form_groups_of_their_own_and_groups_never_stretch():
+    from finetune.surgery import keep_groups
+
+    base = ScOTConfig.from_preset("tiny")  # rho | u, v | p
+    assert keep_groups(base, ["rho", "u", "v", "p", "tracer", "E"]) == [0, 1, 3, 4, 5, 6]
+    assert keep_groups(base, ["u", "v"]) == [0, 2]
+    assert keep_groups(base, ["v", "u", "rho"]) == [0, 2, 3]  # reordered members stay one group
+    assert keep_groups(base, ["u", "p", "v"]) == [0, 1, 2, 3]  # apart: one group per contiguous run
+    assert keep_groups(base, ["a", "b"]) == [0, 1, 2]

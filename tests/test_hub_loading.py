@@ -35,16 +35,18 @@ def lay_out_in_cache(folder: Path, repo_id: str, revision: str = "main") -> str:
     return commit
 
 
-def test_loads_by_repo_id_offline_and_gives_the_reference_outputs(fixtures_dir: Path):
+def test_loads_by_repo_id_offline_and_gives_the_reference_outputs():
+    from conftest import fixture_folder
+
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    source = fixtures_dir / "scot-t-narrow"
+    source = fixture_folder("scot-mini")  # the published layout, kept with the tests
     commit = lay_out_in_cache(source, "camlab-ethz/Poseidon-T")
     io = load_file(source / "io.safetensors")
     for revision in (None, commit):
         model = ScOT.from_pretrained("camlab-ethz/Poseidon-T", revision=revision).eval()
         with torch.no_grad():
-            out = model(pixel_values=io["input_128"], time=io["time_128"]).output
-        assert (out - io["output_128"]).abs().max().item() <= 1e-5
+            out = model(pixel_values=io["input_32"], time=io["time_32"]).output
+        assert (out - io["output_32"]).abs().max().item() <= 1e-5
     assert model.config.channel_names == ["rho", "u", "v", "p"]
 
 
@@ -57,3 +59,31 @@ def test_folder_without_config_is_a_clear_error(tmp_path: Path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(OSError, match=f"{tmp_path}.*config.json"):
         ScOT.from_pretrained(tmp_path)
+
+
+def test_refined_folder_is_refused_by_scot_and_automodel_and_loads_whole_with_load_model(tmp_path: Path):
+    from transformers import AutoModel
+
+    from finetune import load_model
+    from finetune.refiner import RefinedScOT, SpectralHead
+    from foundation import ScOTConfig
+
+    model = ScOT(ScOTConfig.from_preset("tiny", image_size=16)).eval()
+    head = SpectralHead(4, (16, 16))
+    with torch.no_grad():
+        head.weight.normal_(0, 0.1)  # a fitted head changes the prediction
+        head.bias.normal_(0, 0.1)
+    folder = tmp_path / "refined"
+    RefinedScOT(model, head).save_pretrained(folder)
+    for load in (ScOT.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=f"{folder}: a Spectral-Refiner model.*finetune.load_model"):
+            load(folder)
+    lay_out_in_cache(folder, "org/refined")
+    with pytest.raises(ValueError, match="org/refined: a Spectral-Refiner model"):
+        ScOT.from_pretrained("org/refined")
+    x, t = torch.randn(2, 4, 16, 16), torch.rand(2)
+    with torch.no_grad():
+        refined = load_model(folder)(pixel_values=x, time=t).output
+        plain = ScOT.from_pretrained(folder, ignore_spectral_head=True).eval()(pixel_values=x, time=t).output
+        assert torch.allclose(refined, head(model(pixel_values=x, time=t).output), atol=1e-6)
+    assert not torch.allclose(refined, plain, atol=1e-3)  # the head matters: dropping it would be silent
