@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration_scot import ScOTConfig
-from .modeling_scot import ScOT, ScOTOutput, fourier_resample
+from .modeling_scot import ScOT, ScOTFeatures, ScOTOutput, fourier_resample
 
 __version__ = "0.1.0"
 
@@ -13,4 +13,4 @@ __version__ = "0.1.0"
 AutoConfig.register(ScOTConfig.model_type, ScOTConfig, exist_ok=True)
 AutoModel.register(ScOTConfig, ScOT, exist_ok=True)
 
-__all__ = ["ScOT", "ScOTConfig", "ScOTOutput", "fourier_resample", "__version__"]
+__all__ = ["ScOT", "ScOTConfig", "ScOTFeatures", "ScOTOutput", "fourier_resample", "__version__"]

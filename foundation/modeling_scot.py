@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -542,6 +544,21 @@ class ScOTOutput(ModelOutput):
     output: Tensor | None = None
 
 
+@dataclass
+class ScOTFeatures:
+    """What `ScOT.encode` hands to `ScOT.decode`: the body's last tokens and what the tail needs.
+
+    Whoever works on intermediate features (the Spectral-Refiner caches `hidden` once and trains a copy of the
+    patch recovery on it) goes through these two public methods, never through hooks or a copy of `forward`.
+    """
+
+    hidden: Tensor  # (B, h*w, E) the last decoder stage's tokens: the input of the patch recovery
+    grid: tuple[int, int]  # (h, w) patch grid of `hidden`
+    model_grid: tuple[int, int]  # the grid the model ran on (its own, or the input's in native mode)
+    size: tuple[int, int]  # the input's grid: the output is resampled back to it
+    residual: Tensor | None = None  # (B, C_out, *model_grid) the resampled input added when learn_residual
+
+
 class ScOTPreTrainedModel(PreTrainedModel):
     config_class = ScOTConfig
     base_model_prefix = "scot"
@@ -696,29 +713,19 @@ class ScOT(ScOTPreTrainedModel):
         return t
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        pixel_values: Tensor,
-        time: Tensor | float | None = None,
-        labels: Tensor | None = None,
-        channel_mask: Tensor | None = None,
-        return_dict: bool | None = None,
-    ) -> ScOTOutput | tuple:
-        """Predict normalised fields at lead time `time`.
+    def encode(self, pixel_values: Tensor, time: Tensor | float | None = None) -> ScOTFeatures:
+        """Everything up to the patch recovery: embedding, encoder stages, skips and decoder stages.
 
         Args:
             pixel_values: (B, C_in, H, W) normalised input fields; any H x W.
             time: lead time per sample, (B,) or a scalar, in units of `config.time_scale`.
-            labels: optional (B, C_out, H, W) normalised targets; the relative Lp loss is returned.
-            channel_mask: optional (B, C_out) or (C_out,) 0/1 mask of the output channels that count in the loss.
-            return_dict: return a tuple instead of `ScOTOutput` when False.
         """
         t = self._check_inputs(pixel_values, time)
         size = tuple(pixel_values.shape[-2:])
         # The grid the model runs on: its own (reference behaviour) or the input's (native mode).
         model_grid = self.config.grid if self.config.input_resampling == "fourier" else size
         x = fourier_resample(pixel_values, model_grid)
-        residual = x
+        residual = x[:, : self.config.num_out_channels] if self.config.learn_residual else None
         x = x.to(self.embeddings.patch_embeddings.projection.weight.dtype)
 
         x, grid = self.embeddings(x, t)  # (B, h*w, E)
@@ -735,13 +742,42 @@ class ScOT(ScOTPreTrainedModel):
             s = n - 1 - k
             if k > 0:
                 x = x + self.residual_blocks[s](skips[s], grids[s], t)
-            x = layer(x, grids[s], grids[s - 1] if s > 0 else None, t)
+            x = layer(x, grids[s], grids[s - 1] if s > 0 else None, t)  # (B, h_s*w_s, E_s)
+        return ScOTFeatures(hidden=x, grid=grids[0], model_grid=model_grid, size=size, residual=residual)
 
-        out = self.patch_recovery(x, grids[0], model_grid)  # (B, C_out, H, W)
-        if self.config.learn_residual:
-            out = out + residual[:, : self.config.num_out_channels].to(out.dtype)
-        out = fourier_resample(out, size)
+    def decode(self, features: ScOTFeatures, recovery: nn.Module | None = None) -> Tensor:
+        """The tail: patch recovery, the learned residual, and the resampling back to the input's grid.
 
+        Args:
+            features: What `encode` returned.
+            recovery: A module to use instead of `self.patch_recovery` (the Spectral-Refiner trains a copy).
+        Returns:
+            (B, C_out, H, W) normalised prediction.
+        """
+        recovery = self.patch_recovery if recovery is None else recovery
+        out = recovery(features.hidden, features.grid, features.model_grid)  # (B, C_out, *model_grid)
+        if features.residual is not None:
+            out = out + features.residual.to(out.dtype)
+        return fourier_resample(out, features.size)
+
+    def forward(
+        self,
+        pixel_values: Tensor,
+        time: Tensor | float | None = None,
+        labels: Tensor | None = None,
+        channel_mask: Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> ScOTOutput | tuple:
+        """Predict normalised fields at lead time `time`: `decode(encode(pixel_values, time))`.
+
+        Args:
+            pixel_values: (B, C_in, H, W) normalised input fields; any H x W.
+            time: lead time per sample, (B,) or a scalar, in units of `config.time_scale`.
+            labels: optional (B, C_out, H, W) normalised targets; the relative Lp loss is returned.
+            channel_mask: optional (B, C_out) or (C_out,) 0/1 mask of the output channels that count in the loss.
+            return_dict: return a tuple instead of `ScOTOutput` when False.
+        """
+        out = self.decode(self.encode(pixel_values, time))  # (B, C_out, H, W)
         loss = None
         if labels is not None:
             from .losses import relative_lp_loss
@@ -752,6 +788,23 @@ class ScOT(ScOTPreTrainedModel):
         if return_dict is False:
             return (loss, out) if loss is not None else (out,)
         return ScOTOutput(loss=loss, output=out)
+
+    @contextmanager
+    def attention_implementation(self, name: str) -> Iterator[None]:
+        """Run a block of code with another attention path, then restore the configured one.
+
+        "eager" is the explicit softmax(QK^T + B)V, which forward-mode AD (`torch.func.jvp`) needs: the fused
+        kernels have no forward-mode rule. "sdpa" uses the fused kernels where they apply. (transformers'
+        `set_attn_implementation` refuses models without its AttentionInterface, hence this method.)
+        """
+        if name not in ("eager", "sdpa"):
+            raise ValueError(f"attention implementation must be 'eager' or 'sdpa', got {name!r}")
+        before = self.config._attn_implementation
+        self.config._attn_implementation = name
+        try:
+            yield
+        finally:
+            self.config._attn_implementation = before
 
     # ------------------------------------------------------------------ physical units
     def _stats(self, which: str, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -468,3 +468,39 @@ def test_clamped_window_reads_the_built_windows_continuous_bias():
     assert torch.equal(clamped, full[15 - 3 : 15 + 4, 15 - 5 : 15 + 6])
     own = _relative_coords_table(4, 4, 4, torch.device("cpu")).view(7, 7, 2)
     assert own.abs().max() > clamped[:, 2:9].abs().max()  # normalised by its own window it would differ
+
+
+# ------------------------------------------------------------------------------------------ encode / decode
+@pytest.mark.parametrize("mode,shape", [("fourier", (24, 40)), ("none", (40, 36))])
+def test_forward_is_decode_of_encode(mode, shape):
+    import copy
+
+    model = tiny(input_resampling=mode, learn_residual=True, num_channels=5, output_channel_names=["rho", "u"])
+    x, t = batch(c=5, h=shape[0], w=shape[1])
+    with torch.no_grad():
+        features = model.encode(x, t)
+        model_grid = (32, 32) if mode == "fourier" else shape
+        assert features.model_grid == model_grid and features.size == shape
+        assert features.grid == tuple(-(-g // 2) for g in model_grid)  # patch 2
+        assert features.hidden.shape == (2, features.grid[0] * features.grid[1], 24)
+        assert features.residual.shape == (2, 2, *model_grid)  # learn_residual: the first C_out inputs
+        out = model(pixel_values=x, time=t).output
+        assert torch.equal(model.decode(features), out)
+        # a substitute recovery (what the refiner trains) is used in place of the model's own
+        other = copy.deepcopy(model.patch_recovery)
+        other.projection.bias.add_(1.0)
+        assert not torch.allclose(model.decode(features, recovery=other), out)
+
+
+def test_attention_implementation_switches_and_restores():
+    model = tiny()
+    x, t = batch()
+    with torch.no_grad():
+        fused = model(pixel_values=x, time=t).output
+        with model.attention_implementation("eager"):
+            assert model.config._attn_implementation == "eager"
+            naive = model(pixel_values=x, time=t).output
+    assert model.config._attn_implementation == "sdpa" and torch.allclose(fused, naive, atol=1e-5)
+    with pytest.raises(ValueError, match="eager"):
+        with model.attention_implementation("flash"):
+            pass
