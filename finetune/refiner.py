@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from foundation import ScOT, fourier_resample
+from foundation.data.source import DataError, box_lengths
 from foundation.losses import negative_sobolev_norm
 from foundation.metrics import relative_error_per_sample
 from foundation.modeling_scot import SPECTRAL_HEAD_CONFIG
@@ -222,12 +224,6 @@ class RefinerHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- losses
-def box_lengths(domain: dict | None) -> tuple[float, float]:
-    """Side lengths (H axis, W axis) of the periodic box from a source's `domain` metadata (default unit box)."""
-    extent = (domain or {}).get("extent") or [[0.0, 1.0], [0.0, 1.0]]
-    return float(extent[0][1] - extent[0][0]), float(extent[1][1] - extent[1][0])
-
-
 def relative_sobolev_loss(
     pred: Tensor, target: Tensor, mask: Tensor, s: float, alpha: float, lengths: tuple[float, float]
 ) -> Tensor:
@@ -270,22 +266,45 @@ def vorticity_residual(
     return r
 
 
+def residual_parameters(info, output_names: list[str]) -> tuple[float, tuple[float, float]]:
+    """(viscosity, box side lengths) of `--refiner_loss residual` from a source's `SourceInfo`, checked.
+
+    The fine-tuning run calls it before its first step, so that metadata only this mode needs fails the run at once
+    rather than after the fine-tune that precedes the refinement.
+
+    Raises:
+        DataError: one line naming the file and the key, when the model outputs lack u or v, the metadata lacks a
+            viscosity (pde.viscosity or pde.nu) >= 0, or the box is not periodic on both axes.
+    """
+    if "u" not in output_names or "v" not in output_names:
+        raise DataError(
+            f"{info.name}: channel_names: --refiner_loss residual needs velocity channels u and v; the model "
+            f"outputs {list(output_names)}"
+        )
+    pde = info.pde or {}
+    key = "viscosity" if "viscosity" in pde else "nu"
+    viscosity = pde.get(key)
+    if viscosity is None:
+        raise DataError(
+            f"{info.name}: pde.viscosity: --refiner_loss residual needs the viscosity in the dataset's metadata "
+            f"(pde.viscosity or pde.nu); pde has {sorted(pde)}"
+        )
+    if not isinstance(viscosity, numbers.Real) or isinstance(viscosity, bool) or not 0 <= viscosity < math.inf:
+        raise DataError(f"{info.name}: pde.{key}: the viscosity must be a number >= 0, got {viscosity!r}")
+    periodic = (info.domain or {}).get("periodic", [True, True])  # absent: the built-in solvers' periodic box
+    if not all(periodic):
+        raise DataError(
+            f"{info.name}: domain.periodic: the residual loss is exact only on a periodic box, got {periodic}"
+        )
+    return float(viscosity), box_lengths(info.domain, info.name)
+
+
 class NavierStokesResidual:
     """Label-free loss: ||residual||^2_{H^-s} of the de-normalised prediction, relative to the base model's."""
 
     def __init__(self, config, info, s: float, alpha: float, input_names: list[str]):
         names = config.output_channel_names
-        if "u" not in names or "v" not in names:
-            raise ValueError(f"--refiner_loss residual needs velocity channels u and v; the model outputs {names}")
-        pde = info.pde or {}
-        viscosity = pde.get("viscosity", pde.get("nu"))
-        if viscosity is None:
-            raise ValueError(
-                f"{info.name}: --refiner_loss residual needs the viscosity in the dataset's metadata (pde.viscosity)"
-            )
-        if not all((info.domain or {}).get("periodic", [True, True])):
-            raise ValueError(f"{info.name}: the residual loss is exact only on a periodic box")
-        self.viscosity, self.lengths = float(viscosity), box_lengths(info.domain)
+        self.viscosity, self.lengths = residual_parameters(info, names)
         self.iu, self.iv = names.index("u"), names.index("v")
         self.out_mean = torch.tensor(config.output_mean, dtype=torch.float64)
         self.out_std = torch.tensor(config.output_std, dtype=torch.float64)

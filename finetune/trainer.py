@@ -105,8 +105,14 @@ class Finetuner(Pretrainer):
 
     # ------------------------------------------------------------------ hooks of the pretraining loop
     def _build_data(self):
-        acc, seed = self.accelerator, self.args.seed
-        return build_data(self.data_args, seed, acc.process_index, acc.num_processes, self.tune.train_trajectories)
+        acc, seed, tune = self.accelerator, self.args.seed, self.tune
+        data = build_data(self.data_args, seed, acc.process_index, acc.num_processes, tune.train_trajectories)
+        if tune.strategy == "refiner" and tune.refiner_loss == "residual":
+            # What only the residual loss needs (viscosity, periodic box, u and v) fails now, not after the
+            # fine-tune that precedes the refinement; the model's outputs will be these targets.
+            sources, _, _, _, _, targets, _ = data
+            refiner.residual_parameters(sources[0].info, targets)
+        return data
 
     def build_model(self, grid: tuple[int, int]) -> torch.nn.Module:
         tune, stats = self.tune, self.stats

@@ -252,6 +252,26 @@ def test_well_nan_names_file_and_trajectory(tmp_path):
         source.read(3, 3)
 
 
+def test_well_extent_is_the_box_not_the_first_and_last_coordinate(tmp_path):
+    """x periodic, y a wall (see write_well_file); the box must hold all n cells, n * d long on a periodic axis."""
+    path = tmp_path / "box.hdf5"
+    write_well_file(path, 1, seed=0)
+    d = 1.0 / H
+    # Nodes 0, d, ..., 1 - d of a periodic axis (how The Well stores spectral grids): the box is [0, 1], not
+    # [0, 1 - d]. The wall axis holds cell centres: half a cell beyond its first and last coordinate.
+    extent = WellSource(path).info.domain["extent"]
+    np.testing.assert_allclose(extent, [[0.0, 1.0], [-d / 2, 1.0 - d / 2]], atol=1e-6)
+    assert extent[0][1] - extent[0][0] == pytest.approx(H * d)
+    # Cell centres (k + 1/2) d of a periodic axis, and nodes of a box [-1, 1) (a whole number of spacings from 0).
+    with h5py.File(path, "a") as f:
+        f["dimensions/x"][...] = (np.arange(H) + 0.5) * d
+        f["dimensions/y"][...] = -1.0 + np.arange(W) * 2.0 / W
+        f["boundary_conditions/y_wall"].attrs["bc_type"] = "PERIODIC"
+    extent = WellSource(path).info.domain["extent"]
+    np.testing.assert_allclose(extent, [[0.0, 1.0], [-1.0, 1.0]], atol=1e-6)
+    assert [hi - lo for lo, hi in extent] == pytest.approx([H * d, W * 2.0 / W])
+
+
 def test_well_bad_shapes_and_inconsistent_files(tmp_path):
     path = tmp_path / "bad.hdf5"
     write_well_file(path, 2, seed=0)
@@ -469,6 +489,8 @@ def test_open_source_dispatches_well_and_hub_specs(well, exported):
     folder, _ = well
     via_spec = open_source(f"well:{folder}")
     assert isinstance(via_spec, WellSource) and via_spec.shape == WellSource(folder).shape
+    one_file = folder / "data" / "valid" / "test_flow_Re_c.hdf5"  # a bare .hdf5 path: recognised by its keys
+    assert isinstance(open_source(one_file), WellSource)
     hub = open_source(f"hub:{exported['parquet']}")
     assert isinstance(hub, HubDatasetSource) and set(hub.info.splits) == {"train", "val", "test"}
     assert hub.shape == via_spec.shape

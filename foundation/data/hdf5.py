@@ -62,17 +62,24 @@ class H5Handle:
 
 
 def _attr(file: h5py.File, path: Path, key: str, default: Any = None) -> Any:
+    """Root attribute `key` decoded from JSON, as written; `SourceInfo` validation checks what it holds."""
     if key not in file.attrs:
         if default is not None or key not in REQUIRED_ATTRS:
             return default
-        raise DataError(f"{path}: missing root attribute {key!r} (our HDF5 schema, see foundation.data.hdf5)")
+        raise DataError(
+            f"{path}: {key}: missing (a required root attribute of our HDF5 schema, see foundation.data.hdf5)"
+        )
     value = file.attrs[key]
     if isinstance(value, bytes):
         value = value.decode()
+    if isinstance(value, np.ndarray):  # written with h5py as a native array (e.g. a list of names), not as JSON
+        return [v.decode() if isinstance(v, bytes) else v for v in value.tolist()]
+    if not isinstance(value, str):
+        return value.item() if hasattr(value, "item") else value
     try:
-        return json.loads(value) if isinstance(value, str) else value.item() if hasattr(value, "item") else value
+        return json.loads(value)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: root attribute {key!r} is not valid JSON: {error}") from None
+        raise DataError(f"{path}: {key}: not valid JSON ({error}): {value[:60]!r}") from None
 
 
 class H5Source(TrajectorySource):
@@ -88,32 +95,43 @@ class H5Source(TrajectorySource):
         fields = file["fields"]
         if fields.ndim != 5:
             raise DataError(f"{self.path}: 'fields' must be [N, T, C, H, W], got shape {fields.shape}")
-        stats = _attr(file, self.path, "stats", {}) or {}
-        static_names = _attr(file, self.path, "static_names", []) or []
+        version = _attr(file, self.path, "schema_version", SCHEMA_VERSION)
+        if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+            raise DataError(
+                f"{self.path}: schema_version: {version!r} is not a version this reader knows (1 to {SCHEMA_VERSION})"
+            )
+        stats = _attr(file, self.path, "stats", {})
+        if not isinstance(stats, dict):
+            raise DataError(
+                f'{self.path}: stats: expected an object {{"mean": [...], "std": [...]}}, got {type(stats).__name__}'
+            )
+        # Every value as the file holds it: `SourceInfo` validation (TrajectorySource._validate) checks and
+        # normalises them, the same for every reader; coercing here (list("uv"), float("2")) would hide bad files.
+        info = SourceInfo(
+            name=str(self.path),
+            channel_names=_attr(file, self.path, "channel_names"),
+            static_names=_attr(file, self.path, "static_names", []),
+            times=np.asarray(file["times"][...], dtype=np.float64),
+            time_scale=_attr(file, self.path, "time_scale"),
+            splits=_attr(file, self.path, "splits"),
+            mean=stats.get("mean"),
+            std=stats.get("std"),
+            static_mean=stats.get("static_mean"),
+            static_std=stats.get("static_std"),
+            steady=_attr(file, self.path, "steady", False),
+            pde=_attr(file, self.path, "pde", {}),
+            domain=_attr(file, self.path, "domain", {}),
+            provenance=_attr(file, self.path, "provenance", {}),
+        )
+        super().__init__(info, fields.shape)
+        static_names = self.info.static_names
         if static_names and "static" not in file:
-            raise DataError(f"{self.path}: static_names {static_names} but no 'static' dataset")
+            raise DataError(f"{self.path}: static_names: {static_names} but no 'static' dataset")
         if "static" in file and file["static"].shape != (fields.shape[0], len(static_names), *fields.shape[3:]):
             raise DataError(
                 f"{self.path}: 'static' has shape {file['static'].shape}, expected "
                 f"{(fields.shape[0], len(static_names), *fields.shape[3:])}"
             )
-        info = SourceInfo(
-            name=str(self.path),
-            channel_names=list(_attr(file, self.path, "channel_names")),
-            static_names=list(static_names),
-            times=np.asarray(file["times"][...], dtype=np.float64),
-            time_scale=float(_attr(file, self.path, "time_scale")),
-            splits={k: tuple(v) for k, v in _attr(file, self.path, "splits").items()},
-            mean=stats.get("mean"),
-            std=stats.get("std"),
-            static_mean=stats.get("static_mean"),
-            static_std=stats.get("static_std"),
-            steady=bool(_attr(file, self.path, "steady", False)),
-            pde=_attr(file, self.path, "pde", {}) or {},
-            domain=_attr(file, self.path, "domain", {}) or {},
-            provenance=_attr(file, self.path, "provenance", {}) or {},
-        )
-        super().__init__(info, fields.shape)
         # What the solvers write, one uncompressed float32 chunk per snapshot, is read as the raw chunk: about
         # twice as fast as h5py's selection machinery, which dominates the cost of a 4 x 128 x 128 read.
         n_filters = fields.id.get_create_plist().get_nfilters()

@@ -160,7 +160,10 @@ def _scan(path: Path) -> _FileMeta:
             if dim not in dims:
                 raise DataError(f"{path}: missing coordinates 'dimensions/{dim}' (listed in spatial_dims)")
             c = np.asarray(dims[dim][...], dtype=np.float64)
-            coords.append(c[0] if c.ndim == 2 else c)  # sample-varying grids: the first trajectory's
+            c = c[0] if c.ndim == 2 else c  # sample-varying grids: the first trajectory's
+            if not np.all(np.diff(c) > 0):  # the box and the spacing are read off them
+                raise DataError(f"{path}: dimensions/{dim}: coordinates must increase, got {c[:4].tolist()}...")
+            coords.append(c)
         grid = (len(coords[0]), len(coords[1]))
         fields = []
         for order, group_name in enumerate(FIELD_GROUPS):
@@ -240,21 +243,42 @@ def _scan(path: Path) -> _FileMeta:
         )
 
 
+def _box_edges(c: np.ndarray, periodic: bool) -> list[float]:
+    """[lo, hi] of the box along one axis from its coordinates (at least two points).
+
+    The Well stores coordinates, not box edges, in either of two conventions. Spectral solvers (Dedalus) write the
+    nodes a + k d of a periodic box [a, a + n d): the last one is one spacing short of the edge (x = 0, d, ...,
+    L - d; the files of tests/test_data_well_hub.py are written so). Finite-volume solvers write the cell centres
+    a + (k + 1/2) d. A box edge a is a round number (0, -1, -L/2, -pi on an even grid): a whole number of spacings
+    from 0 for nodes, a half-integer number of them for centres. So a periodic axis whose first coordinate is
+    nearer a whole than a half-integer number of spacings is read as nodes, [c0, c[-1] + d]; every other axis as
+    cell centres, [c0 - d/2, c[-1] + d/2]. Either way a periodic axis of n points spans n d, the period that the
+    spectral derivatives of the refiner's residual need; [c0, c[-1]] would be one spacing short of it.
+    """
+    first, last = float(c[1] - c[0]), float(c[-1] - c[-2])  # end spacings (equal on The Well's uniform grids)
+    offset = float(c[0]) / first
+    if periodic and abs(offset - round(offset)) < 0.25:
+        return [float(c[0]), float(c[-1]) + last]
+    return [float(c[0]) - first / 2, float(c[-1]) + last / 2]
+
+
 def _domain(file: h5py.File, spatial_dims: list[str], coords: list[np.ndarray]) -> dict[str, Any]:
     bcs: dict[str, list[str]] = {d: [] for d in spatial_dims}
     for group in file.get("boundary_conditions", {}).values():
         kind = str(_plain(group.attrs.get("bc_type", "unknown"))).lower()
         for dim in _names(group.attrs.get("associated_dims", [])):
             bcs.setdefault(dim, []).append(kind)
-    return {
+    periodic = [bool(bcs[d]) and all(k == "periodic" for k in bcs[d]) for d in spatial_dims]
+    out = {
         "axes": list(spatial_dims),  # H is the first spatial dimension as stored, W the second
         "grid_type": str(_plain(file.attrs.get("grid_type", "cartesian"))),
-        # Range of the grid coordinates as stored (first and last point, not cell edges), and their spacing.
-        "extent": [[float(c[0]), float(c[-1])] for c in coords],
         "spacing": [float(c[1] - c[0]) if len(c) > 1 else 0.0 for c in coords],
-        "periodic": [bool(bcs[d]) and all(k == "periodic" for k in bcs[d]) for d in spatial_dims],
+        "periodic": periodic,
         "boundary_conditions": {d: sorted(set(k)) for d, k in bcs.items()},
     }
+    if all(len(c) > 1 for c in coords):  # a single point has no spacing, hence no box to tell
+        out["extent"] = [_box_edges(c, p) for c, p in zip(coords, periodic)]
+    return out
 
 
 def _merged(per_file: list[dict[str, Any]]) -> dict[str, Any]:
