@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foundation import ScOT, fourier_resample
+from foundation import ScOT, ScOTFeatures, fourier_resample
 from foundation.data.source import DataError, box_lengths
 from foundation.losses import negative_sobolev_norm
 from foundation.metrics import relative_error_per_sample
-from foundation.modeling_scot import SPECTRAL_HEAD_CONFIG
+from foundation.modeling_scot import SPECTRAL_HEAD_CONFIG, decode_features
 
 HEAD_WEIGHTS = "spectral_head.safetensors"
 HEAD_CONFIG = SPECTRAL_HEAD_CONFIG
@@ -139,50 +139,36 @@ class FeatureCache:
 def cache_features(
     model: ScOT, dataset, indices, batch_size: int = 32, with_tangents: bool = False, device="cpu"
 ) -> FeatureCache:
-    """Run the frozen body once over `dataset[indices]` and keep the patch recovery's inputs.
+    """Run the frozen body once over `dataset[indices]` and keep what `model.encode` returns (the patch
+    recovery's inputs).
 
     With `with_tangents`, also d(features)/d(lead time) by forward-mode AD (torch.func.jvp); the fused attention
     kernels have no forward-mode rule, so the explicit attention runs for that pass.
     """
-    captured: dict = {}
-
-    def grab(module, args):
-        captured["x"], captured["grid"], captured["size"] = args
-
-    handle = model.patch_recovery.register_forward_pre_hook(grab)
     feats, tangents, inputs, labels, times, masks = [], [], [], [], [], []
-    attn = model.config._attn_implementation
-    try:
-        model.eval()
-        for start in range(0, len(indices), batch_size):
-            items = [dataset[int(k)] for k in indices[start : start + batch_size]]
-            x = torch.stack([it["pixel_values"] for it in items]).to(device)
-            t = torch.stack([it["time"] for it in items]).to(device)
-            if with_tangents:
-                model.config._attn_implementation = "eager"
-
-                def body(tt, x=x):
-                    model(pixel_values=x, time=tt)
-                    return captured["x"]
-
-                f, df = torch.func.jvp(body, (t,), (torch.ones_like(t),))
-                tangents.append(df.float().cpu())
-                model.config._attn_implementation = attn
-            else:
-                model(pixel_values=x, time=t)
-                f = captured["x"]
-            feats.append(f.float().cpu())
-            inputs.append(x.cpu())
-            labels.append(torch.stack([it["labels"] for it in items]))
-            times.append(t.cpu())
-            masks.append(torch.stack([it["channel_mask"] for it in items]))
-    finally:
-        handle.remove()
-        model.config._attn_implementation = attn
+    model.eval()
+    first = None
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[int(k)] for k in indices[start : start + batch_size]]
+        x = torch.stack([it["pixel_values"] for it in items]).to(device)
+        t = torch.stack([it["time"] for it in items]).to(device)
+        if with_tangents:
+            with model.attention_implementation("eager"):
+                f, df = torch.func.jvp(lambda tt, x=x: model.encode(x, tt).hidden, (t,), (torch.ones_like(t),))
+            tangents.append(df.float().cpu())
+        else:
+            f = model.encode(x, t).hidden  # (B, h*w, E)
+        if first is None:
+            first = model.encode(x[:1], t[:1])  # the grids (cheap: one sample)
+        feats.append(f.float().cpu())
+        inputs.append(x.cpu())
+        labels.append(torch.stack([it["labels"] for it in items]))
+        times.append(t.cpu())
+        masks.append(torch.stack([it["channel_mask"] for it in items]))
     return FeatureCache(
         features=torch.cat(feats),
-        grid=tuple(captured["grid"]),
-        model_grid=tuple(captured["size"]),
+        grid=tuple(first.grid),
+        model_grid=tuple(first.model_grid),
         inputs=torch.cat(inputs),
         labels=torch.cat(labels),
         time=torch.cat(times),
@@ -192,8 +178,9 @@ def cache_features(
 
 
 class RefinerHead(nn.Module):
-    """The trainable end of the model: a copy of the patch recovery, the residual connection, the resampling
-    to the native grid and the spectral head. `head(features) == model(x, t).output` before any step."""
+    """The trainable end of the model: a copy of the patch recovery, decoded by the model's own tail
+    (`ScOT.decode`: recovery, learned residual, resampling) to the native grid, then the spectral head.
+    `head(features) == model(x, t).output` before any step."""
 
     def __init__(self, model: ScOT, native: tuple[int, int]):
         super().__init__()
@@ -203,13 +190,17 @@ class RefinerHead(nn.Module):
         self.out_channels = model.config.num_out_channels
 
     def forward(self, features: Tensor, cache: FeatureCache, rows: Tensor, tangent: bool = False) -> Tensor:
-        out = self.recovery(features, cache.grid, cache.model_grid)
+        residual = None
+        if self.learn_residual and not tangent:  # a derivative in t does not see the (t-independent) input
+            residual = fourier_resample(cache.inputs[rows], cache.model_grid)[:, : self.out_channels]
+
+        def decode(hidden: Tensor, residual: Tensor | None = None) -> Tensor:
+            encoded = ScOTFeatures(hidden, cache.grid, cache.model_grid, self.spectral.size, residual)
+            return decode_features(encoded, self.recovery)  # the model's own tail, on the trainable recovery
+
+        out = decode(features, residual)
         if tangent:  # the derivative of an affine map is its linear part: drop the recovery's bias
-            zero = torch.zeros_like(features[:1])
-            out = out - self.recovery(zero, cache.grid, cache.model_grid)
-        elif self.learn_residual:
-            out = out + fourier_resample(cache.inputs[rows], cache.model_grid)[:, : self.out_channels]
-        out = fourier_resample(out, self.spectral.size)
+            out = out - decode(torch.zeros_like(features[:1]))
         return self.spectral(out, tangent=tangent)
 
     def param_groups(self, weight_lr: float, bias_lr: float, train_recovery: bool) -> list[dict]:

@@ -559,6 +559,16 @@ class ScOTFeatures:
     residual: Tensor | None = None  # (B, C_out, *model_grid) the resampled input added when learn_residual
 
 
+def decode_features(features: ScOTFeatures, recovery: nn.Module) -> Tensor:
+    """The model's tail on `features` with a given patch recovery: recovery, learned residual, resampling back
+    to the input's grid. `ScOT.decode` is this with the model's own recovery; the Spectral-Refiner trains a copy.
+    """
+    out = recovery(features.hidden, features.grid, features.model_grid)  # (B, C_out, *model_grid)
+    if features.residual is not None:
+        out = out + features.residual.to(out.dtype)
+    return fourier_resample(out, features.size)  # (B, C_out, *size)
+
+
 class ScOTPreTrainedModel(PreTrainedModel):
     config_class = ScOTConfig
     base_model_prefix = "scot"
@@ -754,11 +764,7 @@ class ScOT(ScOTPreTrainedModel):
         Returns:
             (B, C_out, H, W) normalised prediction.
         """
-        recovery = self.patch_recovery if recovery is None else recovery
-        out = recovery(features.hidden, features.grid, features.model_grid)  # (B, C_out, *model_grid)
-        if features.residual is not None:
-            out = out + features.residual.to(out.dtype)
-        return fourier_resample(out, features.size)
+        return decode_features(features, self.patch_recovery if recovery is None else recovery)
 
     def forward(
         self,
