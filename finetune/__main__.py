@@ -16,8 +16,8 @@ from .config import parse_args
 from .trainer import Finetuner
 
 
-def main() -> int:
-    model_args, data_args, train_args, tune = parse_args()  # parse
+def main(argv: list[str] | None = None) -> int:
+    model_args, data_args, train_args, tune = parse_args(argv)  # parse (bad input: one line and exit 2)
     try:
         trainer = Finetuner(model_args, data_args, train_args, tune)  # build
         result = trainer.train()  # run

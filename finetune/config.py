@@ -10,9 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pretrain.config import DataArguments, ModelArguments, TrainArguments, parse_dataclasses
+from pretrain.config import (
+    DataArguments,
+    ModelArguments,
+    OptionError,
+    TrainArguments,
+    check_choice,
+    check_positive,
+    check_range,
+    check_steps,
+    parse_dataclasses,
+)
 
 STRATEGIES = ("full", "head", "lora", "refiner")
+SPLITS = ("train", "val", "test")
+REFINER_LOSSES = ("labels", "residual")
 LORA_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 
@@ -71,35 +83,38 @@ class FinetuneArguments:
     sobolev_s: float = field(default=1.0, metadata={"help": "Order s of the H^-s loss."})
     sobolev_alpha: float = field(default=10**-1.5, metadata={"help": "alpha in (alpha + |k|^2)^-s."})
 
+    def __post_init__(self):
+        check_choice(self, "strategy", STRATEGIES)
+        check_choice(self, "refiner_loss", REFINER_LOSSES)
+        check_choice(self, "eval_split", SPLITS)
+        check_choice(self, "refiner_fit_split", SPLITS)
+        check_range(self, "head_learning_rate", "norm_learning_rate", "refiner_learning_rate")
+        check_range(self, "refiner_bias_learning_rate", "refiner_steps", "sobolev_s")
+        check_range(self, "lora_dropout", high=1)
+        check_range(self, "train_trajectories", "lora_rank", "refiner_batch_size", "refiner_max_pairs", low=1)
+        check_range(self, "refiner_eval_every", "refiner_patience", low=1)  # eval_every is a modulus
+        check_positive(self, "lora_alpha", "sobolev_alpha")  # a scale; the weight of the mean mode (alpha^-s)
+
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments, FinetuneArguments)
 
 
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataArguments, TrainArguments, FinetuneArguments) from `--config` and flags."""
-    model, data, train, tune, parser = parse_dataclasses(ARGUMENT_CLASSES, argv, sections=("finetune",))
-    if not model.init_from:
-        parser.error("--init_from: the pretrained model (folder or Hub repo id) is required")
-    check(tune, parser.error)
+    model, data, train, tune, _ = parse_dataclasses(
+        ARGUMENT_CLASSES, argv, sections=("finetune",), check=lambda model, data, train, tune: check(tune, model, train)
+    )
     return model, data, train, tune
 
 
-def check(tune: FinetuneArguments, fail=None) -> None:
-    """Refuse inconsistent choices with one line (raises ValueError unless `fail` is given)."""
-
-    def error(message: str):
-        if fail:
-            fail(message)
-        raise ValueError(message)
-
-    if tune.strategy not in STRATEGIES:
-        error(f"--strategy must be one of {', '.join(STRATEGIES)}, got {tune.strategy!r}")
-    if tune.refiner_loss not in ("labels", "residual"):
-        error(f"--refiner_loss must be labels or residual, got {tune.refiner_loss!r}")
+def check(tune: FinetuneArguments, model: ModelArguments | None = None, train: TrainArguments | None = None) -> None:
+    """Refuse inconsistent choices across the dataclasses with a ValueError of one line (each dataclass checks its
+    own fields in `__post_init__`); `model` and `train` are checked when given."""
+    if model is not None and not model.init_from:
+        raise OptionError("init_from", "is required: the pretrained model (folder or Hub repo id)")
     if tune.from_scratch and tune.strategy in ("head", "lora"):
-        error(f"--from_scratch trains every weight; --strategy {tune.strategy} freezes most of a random model")
-    if tune.train_trajectories is not None and tune.train_trajectories < 1:
-        error(f"--train_trajectories must be >= 1, got {tune.train_trajectories}")
-    for name in ("eval_split", "refiner_fit_split"):
-        if getattr(tune, name) not in ("train", "val", "test"):
-            error(f"--{name} must be train, val or test, got {getattr(tune, name)!r}")
+        raise OptionError(
+            "from_scratch", f"trains every weight; --strategy {tune.strategy} freezes most of a random model"
+        )
+    if train is not None and tune.strategy != "refiner":  # refiner: max_steps 0 refines the given model as it is
+        check_steps(train)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.data import DataError
-from pretrain.config import DataArguments, ModelArguments, TrainArguments, parse_dataclasses
+from pretrain.config import DataArguments, ModelArguments, OptionError, TrainArguments, check_range, parse_dataclasses
 
 from .config import FinetuneArguments, check
 
@@ -35,6 +35,10 @@ class StudyArguments:
     n: list[int] = field(default_factory=lambda: [2, 4, 8, 16], metadata={"help": "Training trajectory counts."})
     scratch_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the scratch runs."})
     metric: str = field(default="median_rel_l1/mean", metadata={"help": "Evaluation key compared."})
+
+    def __post_init__(self):
+        check_range(self, "n", low=1)
+        check_range(self, "scratch_learning_rate")
 
 
 def fit_power_law(n: list[float], error: list[float]) -> tuple[float, float]:
@@ -151,16 +155,20 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def check_study(model_args, data_args, train_args, tune: FinetuneArguments, study: StudyArguments) -> None:
+    """What a study needs beyond a fine-tuning run's checks (ValueError of one line)."""
+    check(tune, model_args, train_args)
+    if tune.from_scratch:
+        raise OptionError("from_scratch", "is not for a study: the study trains its scratch runs itself")
+    if tune.strategy == "refiner":
+        raise OptionError("strategy", "must be full, head or lora in a study (it compares fine-tuning with scratch)")
+
+
 def main(argv: list[str] | None = None) -> int:
     classes = (ModelArguments, DataArguments, TrainArguments, FinetuneArguments, StudyArguments)
-    model_args, data_args, train_args, tune, study, parser = parse_dataclasses(
-        classes, argv, sections=("finetune", "study")
+    model_args, data_args, train_args, tune, study, _ = parse_dataclasses(
+        classes, argv, sections=("finetune", "study"), check=check_study
     )
-    if not model_args.init_from:
-        parser.error("--init_from: the pretrained model (folder or Hub repo id) is required")
-    check(tune, parser.error)
-    if tune.strategy == "refiner" or tune.from_scratch:
-        parser.error("--strategy: the study compares full/head/lora fine-tuning with scratch training")
     try:
         report = run_study(model_args, data_args, train_args, tune, study)
     except (DataError, ValueError, FileNotFoundError, OSError) as error:

@@ -14,8 +14,8 @@ from .config import parse_args
 from .trainer import NonFiniteLoss, Pretrainer
 
 
-def main() -> int:
-    model_args, data_args, train_args = parse_args()  # parse
+def main(argv: list[str] | None = None) -> int:
+    model_args, data_args, train_args = parse_args(argv)  # parse (bad input: one line and exit 2)
     try:
         trainer = Pretrainer(model_args, data_args, train_args)  # build
         result = trainer.train()  # run

@@ -2,16 +2,66 @@
 
 The CLI is generated from the dataclasses (transformers' HfArgumentParser): `--config recipe.yaml` reads a
 recipe and any flag after it overrides the recipe, e.g. `python -m pretrain --config launch/recipes/pretrain-tiny.yaml
---max_steps 50`. Unknown keys in a recipe are errors, as unknown flags are.
+--max_steps 50`. Unknown keys in a recipe are errors, as unknown flags are. Values are checked where they are typed
+(`__post_init__` of each dataclass, so programmatic runs get the same checks); the CLI turns any bad input (a recipe
+that is missing or not YAML, a bad value) into one `error: ...` line with exit code 2, naming the flag and, when the
+value came from a recipe, the recipe file.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, NoReturn
 
 import yaml
+
+PRECISIONS = ("fp32", "bf16")
+TRACKERS = ("tensorboard", "wandb", "none")
+RESAMPLINGS = ("fourier", "none")  # ScOTConfig.input_resampling
+
+
+class OptionError(ValueError):
+    """A bad value of one option; `option` is the field name (the flag without its dashes)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"--{option} {message}")
+        self.option = option
+
+
+def check_range(obj: Any, *names: str, low: float = 0, high: float | None = None) -> None:
+    """Each named field of `obj` is a finite number in [low, high]; None passes (the option is unset)."""
+    for name in names:
+        value = getattr(obj, name)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is None:
+                continue
+            if not math.isfinite(v):
+                raise OptionError(name, f"must be a finite number, got {value}")
+            if v < low or (high is not None and v > high):
+                bound = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
+                raise OptionError(name, f"must be {bound}, got {value}")
+
+
+def check_positive(obj: Any, *names: str) -> None:
+    """Each named field of `obj` is a finite number > 0; None passes (the option is unset)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise OptionError(name, f"must be > 0, got {value}")
+
+
+def check_choice(obj: Any, name: str, choices: Sequence[str]) -> None:
+    """The named field of `obj` is one of `choices`."""
+    value = getattr(obj, name)
+    if value not in choices:
+        allowed = " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
+        raise OptionError(name, f"must be {allowed}, got {value!r}")
 
 
 @dataclass
@@ -25,6 +75,12 @@ class ModelArguments:
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+
+    def __post_init__(self):
+        from foundation.configuration_scot import PRESETS  # here: the config module stays light to import
+
+        check_choice(self, "preset", tuple(PRESETS))
+        check_choice(self, "input_resampling", RESAMPLINGS)
 
 
 @dataclass
@@ -43,6 +99,10 @@ class DataArguments:
     include_identity: bool = field(default=True, metadata={"help": "Keep the lead-time-0 pairs."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers per process."})
     eval_pairs: int = field(default=256, metadata={"help": "Validation pairs per evaluation (per run, not rank)."})
+
+    def __post_init__(self):
+        check_range(self, "weights", "num_workers")
+        check_range(self, "stride", "max_snapshots", "eval_pairs", low=1)
 
 
 @dataclass
@@ -74,66 +134,140 @@ class TrainArguments:
         default=None, metadata={"help": "Stop (as if killed) after this step; for tests of resumption."}
     )
 
+    def __post_init__(self):
+        # max_steps 0 is a valid config (fine-tuning's refiner strategy refines the given model as it is); the
+        # commands that must train refuse it (`check_steps`).
+        check_range(self, "max_steps", "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm")
+        check_range(self, "eval_every", "save_every", "stop_after")
+        check_positive(self, "peak_tflops")  # the MFU divides by it
+        check_range(self, "min_lr_ratio", high=1)
+        # keep_last 0 would keep every checkpoint (a [:-0] slice), log_every 0 divides by zero
+        check_range(self, "batch_size", "gradient_accumulation_steps", "log_every", "keep_last", low=1)
+        check_range(self, "max_nonfinite_steps", low=1)
+        check_choice(self, "precision", PRECISIONS)
+        check_choice(self, "tracker", TRACKERS)
+
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 
-def recipe_to_argv(path: str | Path, sections: tuple[str, ...] = ()) -> list[str]:
-    """Flags equivalent to a YAML recipe (flat, or sectioned as model/data/train and `sections`)."""
-    text = Path(path).read_text()
-    recipe = yaml.safe_load(text) or {}
+def read_recipe(path: str | Path, sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML recipe as a flat mapping of option names to values (flat, or sectioned as model/data/train and
+    `sections`); ValueError with one line naming the file (and line) if it is missing or not a YAML mapping."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"--config {path}: cannot read the recipe ({getattr(error, 'strerror', None) or error})"
+        ) from None
+    try:
+        recipe = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{where}: could not parse the recipe: {problem}") from None
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: a recipe is a mapping of option names to values")
-    flat: dict = {}
+    flat: dict[str, Any] = {}
     for key, value in recipe.items():
         if key in ("model", "data", "train", *sections) and isinstance(value, dict):
             flat.update(value)
         else:
             flat[key] = value
+    return {key: value for key, value in flat.items() if value is not None}  # null: the option's default
+
+
+def recipe_to_argv(path: str | Path, sections: tuple[str, ...] = ()) -> list[str]:
+    """Flags equivalent to a YAML recipe (flat, or sectioned as model/data/train and `sections`)."""
+    return _to_argv(read_recipe(path, sections))
+
+
+def _to_argv(recipe: dict[str, Any]) -> list[str]:
     argv: list[str] = []
-    for key, value in flat.items():
-        if value is None:
-            continue
-        argv.append(f"--{key}")
+    for key, value in recipe.items():
         if isinstance(value, list):
-            argv.extend(str(v) for v in value)
-        else:
-            argv.append(str(value))
+            argv.extend([f"--{key}", *map(str, value)])
+        else:  # `--key=value`: argparse takes a separate "-1e-3" (YAML reads it as a string) for an option
+            argv.append(f"--{key}={value}")
     return argv
 
 
-def parse_dataclasses(classes: tuple, argv: list[str] | None = None, sections: tuple[str, ...] = ()) -> tuple:
-    """`--config recipe.yaml` plus flags (flags win) into instances of `classes`; unknown flags get hints."""
-    import sys
-
+def _parser(classes: tuple):
     from transformers import HfArgumentParser
 
+    class RecipeParser(HfArgumentParser):
+        """HfArgumentParser whose errors are one line that names the recipe a bad value came from."""
+
+        recipe: str | None = None
+        from_recipe: frozenset[str] = frozenset()  # options whose value is the recipe's (no flag overrode it)
+
+        def error(self, message: str) -> NoReturn:
+            option = re.search(r"--(\w+)", message)
+            if self.recipe and option and option.group(1) in self.from_recipe:
+                message += f" (from {self.recipe})"
+            # One line instead of argparse's usage block, which for these dataclasses fills a screen (see --help).
+            self.exit(2, f"error: {message}\n")
+
+    return RecipeParser(classes)
+
+
+def parse_dataclasses(
+    classes: tuple,
+    argv: list[str] | None = None,
+    sections: tuple[str, ...] = (),
+    check: Callable[..., None] | None = None,
+) -> tuple:
+    """`--config recipe.yaml` plus flags (flags win) into instances of `classes`, then `check(*instances)`.
+
+    Bad input of any kind (missing or unparsable recipe, unknown option, a value refused by a dataclass's
+    `__post_init__` or by `check`) exits with code 2 and one `error: ...` line on stderr; unknown flags get hints.
+    """
+    import sys
+
+    parser = _parser(classes)
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv:
         at = argv.index("--config")
         if at + 1 >= len(argv):
-            raise SystemExit("--config needs a YAML recipe path")
-        argv = recipe_to_argv(argv[at + 1], sections) + argv[:at] + argv[at + 2 :]
-    parser = HfArgumentParser(classes)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        known = [f"--{f.name}" for cls in classes for f in fields(cls)]
-        hints = []
-        for flag in (u for u in unknown if u.startswith("--")):
-            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-            hints.append(f"{flag}" + (f" (did you mean {close[0]}?)" if close else ""))
-        parser.error("unknown option(s): " + ", ".join(hints or unknown))
-    _, data, train = parsed[:3]
-    if train.precision not in ("fp32", "bf16"):
-        parser.error(f"--precision must be fp32 or bf16, got {train.precision!r}")
-    if train.tracker not in ("tensorboard", "wandb", "none"):
-        parser.error(f"--tracker must be tensorboard, wandb or none, got {train.tracker!r}")
-    if not data.datasets:
-        parser.error("--datasets: at least one source is needed")
+            parser.error("--config needs a YAML recipe path")
+        path, flags = argv[at + 1], argv[:at] + argv[at + 2 :]
+        try:
+            recipe = read_recipe(path, sections)
+        except ValueError as error:
+            parser.error(str(error))
+        overridden = {a[2:].split("=")[0].replace("-", "_") for a in flags if a.startswith("--")}  # --learning-rate too
+        parser.recipe, parser.from_recipe = path, frozenset(recipe) - overridden
+        argv = _to_argv(recipe) + flags
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if unknown:
+            known = [f"--{f.name}" for cls in classes for f in fields(cls)]
+            hints = []
+            for flag in (u.split("=")[0] for u in unknown if u.startswith("--")):
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+                hints.append(f"{flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+            parser.error("unknown option(s): " + ", ".join(hints or unknown))
+        if not parsed[1].datasets:
+            parser.error("--datasets: at least one source is needed")
+        if check is not None:
+            check(*parsed)
+    except ValueError as error:  # a __post_init__ or `check` refused a value: one line, not a traceback
+        parser.error(str(error))
     return (*parsed, parser)
+
+
+def check_steps(train: TrainArguments) -> None:
+    """A run that trains needs at least one optimizer step (max_steps 0 would export the untrained model)."""
+    if train.max_steps < 1:
+        raise OptionError("max_steps", f"must be >= 1, got {train.max_steps}")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """Parse `--config recipe.yaml` plus flags (flags win) into the three argument dataclasses."""
-    model, data, train, _ = parse_dataclasses(ARGUMENT_CLASSES, argv)
+    model, data, train, _ = parse_dataclasses(
+        ARGUMENT_CLASSES, argv, check=lambda model, data, train: check_steps(train)
+    )
     return model, data, train

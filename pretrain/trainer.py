@@ -40,11 +40,35 @@ class NonFiniteLoss(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- set-up
+REPO_ROOT = Path(__file__).resolve().parents[1]  # launch/ (accelerate and DeepSpeed configs) lives here
+
+
+def resolve_deepspeed_config_file() -> None:
+    """Let `launch/accelerate/*.yaml` name their DeepSpeed JSON relative to the repository, from any directory.
+
+    `accelerate launch` hands `deepspeed_config_file` to the processes unchanged (ACCELERATE_DEEPSPEED_CONFIG_FILE)
+    and the DeepSpeed plugin opens it relative to the working directory when the Accelerator is built; a path that
+    is not there but is in the repository (`launch/deepspeed/zero2.json`) is made absolute first.
+    """
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if not path or path == "none" or Path(path).is_absolute() or Path(path).exists():
+        return
+    if (REPO_ROOT / path).is_file():
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(REPO_ROOT / path)
+        return
+    # accelerate's own message names neither the accelerate config nor where it looked
+    raise FileNotFoundError(
+        f"DeepSpeed config {path} (deepspeed_config_file of the accelerate config): no such file in {Path.cwd()} "
+        f"or {REPO_ROOT}"
+    )
+
+
 def build_accelerator(train: TrainArguments, tag: str = "pretrain"):
     """The Accelerator, with the choices the launcher leaves to us made explicit and logged."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+    resolve_deepspeed_config_file()
     handlers = []
     if not torch.cuda.is_available():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
