@@ -1,4 +1,4 @@
-"""The Well reader and the Hugging Face dataset reader/streamer, on real files written here.
+"""The Well reader and the Hugging Face dataset reader and exporter, on real files written here.
 
 The Well files follow its published layout (root attributes, dimensions, boundary_conditions, scalars,
 t0/t1/t2_fields with time_varying / sample_varying / dim_varying attributes, stats.yaml beside data/). The Hub
@@ -21,7 +21,8 @@ import yaml
 from huggingface_hub import constants
 
 from foundation.data.arrays import ArraySource
-from foundation.data.hub import METADATA_FILE, HubDatasetSource, save_hub_dataset, stream_pairs
+from foundation.data.hub import METADATA_FILE, HubDatasetSource
+from foundation.data.hub_export import save_hub_dataset
 from foundation.data.pairs import All2AllPairs
 from foundation.data.source import DataError
 from foundation.data.well import WellSource
@@ -370,8 +371,6 @@ def test_hub_nested_lists_save_to_disk_with_keyword_metadata(tmp_path):
     datasets.Dataset.from_dict({"fields": [f.tolist() for f in nan]}).save_to_disk(str(tmp_path / "nan"))
     with pytest.raises(DataError, match=r"trajectory 1, snapshot 2 contains NaN.*split 'train', row 1"):
         HubDatasetSource(tmp_path / "nan", channel_names=["u", "v"]).read(1, 2)
-    with pytest.raises(DataError, match=r"snapshot 2 contains NaN.*streamed row 1 of rank 0"):
-        list(stream_pairs(tmp_path / "nan", channel_names=["u", "v"], times=list(TIMES), normalize=False))
     with pytest.raises(DataError, match="no column \\['state'\\]"):
         HubDatasetSource(tmp_path / "plain", fields_column="state", channel_names=["u", "v"])
 
@@ -402,68 +401,8 @@ def test_hub_repo_id_from_local_cache_offline(well, exported):
         hub = HubDatasetSource("camlab-test/well-flow", split="all", revision=revision)
         assert hub.info.channel_names == CHANNELS and hub.info.splits == source.info.splits
         np.testing.assert_array_equal(hub.read(4, 3), source.read(4, 3))
-    items = list(stream_pairs("camlab-test/well-flow", split="test"))
-    assert len(items) == 15
     with pytest.raises(DataError, match="nobody/nothing"):
         HubDatasetSource("nobody/nothing")
-
-
-def trajectory_of(source, items, normalize: bool) -> list[int]:
-    """Which trajectory of `source` each streamed pair's target comes from (exact match on the stored values)."""
-    info = source.info
-    mean = np.asarray(info.mean, np.float32)[:, None, None] if normalize else 0.0
-    std = np.asarray(info.std, np.float32)[:, None, None] if normalize else 1.0
-    lookup = {
-        ((source.read(i, t) - mean) / std).tobytes(): i
-        for i in range(source.num_trajectories)
-        for t in range(source.num_snapshots)
-    }
-    return [lookup[item["labels"].numpy().tobytes()] for item in items]
-
-
-# Shuffled parquet streams are left out: `datasets` sleeps 5 s at the end of each (an Arrow thread-shutdown
-# workaround, datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN); the shuffling itself is the same code.
-@pytest.mark.parametrize(("layout", "shuffle"), [("parquet", False), ("arrow", False), ("arrow", True)])
-def test_stream_pairs_two_ranks_cover_every_trajectory_once(exported, layout, shuffle):
-    folder = exported[layout]
-    source = HubDatasetSource(folder)  # the train split: 3 trajectories
-    seen = []
-    for rank in range(2):
-        items = list(stream_pairs(folder, rank=rank, world_size=2, shuffle=shuffle, seed=3, normalize=False))
-        owners = trajectory_of(source, items, normalize=False)
-        assert all(owners.count(i) == 15 for i in set(owners))  # every pair of a trajectory, on one rank
-        seen.append(set(owners))
-    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == {0, 1, 2}
-
-
-def test_stream_pairs_match_all2all_items(exported):
-    folder = exported["parquet"]
-    reference = All2AllPairs(HubDatasetSource(folder), "train", stride=2, include_identity=False)
-    streamed = list(stream_pairs(folder, stride=2, include_identity=False))
-    assert len(streamed) == len(reference) == 3 * 3
-    for k, item in enumerate(streamed):
-        assert set(item) == {"pixel_values", "labels", "time", "channel_mask"}
-        for key, value in item.items():
-            torch.testing.assert_close(value, reference[k][key], rtol=0, atol=0)
-    shuffled = stream_pairs(exported["arrow"], shuffle=True, seed=1, pool=3)
-    first = [item["labels"].sum().item() for item in shuffled]
-    shuffled.set_epoch(1)
-    second = [item["labels"].sum().item() for item in shuffled]
-    in_order = [item["labels"].sum().item() for item in stream_pairs(exported["arrow"])]
-    assert len(first) == len(second) == 45 and sorted(first) == sorted(second) == sorted(in_order)
-    assert first != second and first != in_order  # a new order per epoch
-
-
-def test_stream_pairs_dataloader_workers_split_a_rank_share(exported):
-    folder = exported["arrow"]
-    source = HubDatasetSource(folder)
-    owners = []
-    for rank in range(2):
-        loader = torch.utils.data.DataLoader(
-            stream_pairs(folder, rank=rank, world_size=2, normalize=False), batch_size=None, num_workers=2
-        )
-        owners.append(trajectory_of(source, list(loader), normalize=False))
-    assert sorted(owners[0] + owners[1]) == sorted([0, 1, 2] * 15)
 
 
 def test_hub_keeps_splits_that_are_not_consecutive(tmp_path):
