@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -75,3 +77,19 @@ def reference_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README demo at a small size, run once: its own test checks it, the card tests render from its runs."""
+    out = tmp_path_factory.mktemp("demo")
+    argv = ["--out", str(out), "--trajectories", "8", "--resolution", "16", "--steps", "80", "--finetune_steps", "20"]
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "launch" / "demo.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, proc

@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
-
-from conftest import REPO_ROOT
 
 from foundation import ScOT
 
 
-def test_demo_generates_pretrains_evaluates_and_plots(tmp_path: Path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "launch" / "demo.py"),
-            "--out",
-            str(tmp_path),
-            "--trajectories",
-            "8",
-            "--resolution",
-            "16",
-            "--steps",
-            "80",
-            "--finetune_steps",
-            "20",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def test_demo_generates_pretrains_evaluates_and_plots(demo_run):
+    tmp_path, proc = demo_run
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 80 and summary["pairs"]["train"] > 0
     assert summary["val_after"]["median_rel_l1/mean"] < summary["val_before"]["median_rel_l1/mean"]

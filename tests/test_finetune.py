@@ -434,7 +434,7 @@ def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
     assert "| 2 |" in (tmp_path / "study.md").read_text() and (tmp_path / "study.png").stat().st_size > 1000
 
 
-def _launch(args: list[str], accelerate_config: str | None = None) -> subprocess.CompletedProcess:
+def _launch(args: list[str], accelerate_config: str | None = None, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
     import os
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)}
@@ -443,7 +443,7 @@ def _launch(args: list[str], accelerate_config: str | None = None) -> subprocess
         config = str(REPO_ROOT / "launch" / "accelerate" / accelerate_config)
         launcher += ["-m", "accelerate.commands.launch", "--config_file", config]
     cmd = launcher + ["-m", "finetune", *args, "--tracker", "none", "--batch_size", "4", "--eval_pairs", "8"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -510,10 +510,14 @@ def test_steady_problem_is_one_step_of_lead_time_one(base_dir, tmp_path):
 
 
 def test_lora_under_deepspeed_zero3_two_processes(base_dir, ac_file, tmp_path):
-    """ZeRO-3 partitions weights at load time: surgery, the adapter export and the one-rank evaluation must not."""
+    """ZeRO-3 partitions weights at load time: surgery, the adapter export and the one-rank evaluation must not.
+
+    Launched from another directory than the repository (cwd = tmp_path, a relative --output_dir): the accelerate
+    config names its DeepSpeed JSON relative to the repository, and that must not matter.
+    """
     out = tmp_path / "z3"
-    args = ["--init_from", str(base_dir), "--datasets", str(ac_file), "--output_dir", str(out)]
-    proc = _launch(args + ["--strategy", "lora", "--max_steps", "3"], "cpu-2proc-zero3.yaml")
+    args = ["--init_from", str(base_dir), "--datasets", str(ac_file), "--output_dir", "z3"]
+    proc = _launch(args + ["--strategy", "lora", "--max_steps", "3"], "cpu-2proc-zero3.yaml", cwd=tmp_path)
     assert "2 process(es), DEEPSPEED" in proc.stdout + proc.stderr
     result = json.loads((out / "result.json").read_text())
     assert 0 < result["parameters"]["trainable"] < result["parameters"]["total"]  # counted before partitioning

@@ -21,28 +21,9 @@ from model_cards import collect_run, render_dataset_card, render_model_card
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "launch" / "demo.py"),
-            "--out",
-            str(out),
-            "--trajectories",
-            "8",
-            "--resolution",
-            "16",
-            "--steps",
-            "40",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "pretrain"
+def run_dir(demo_run) -> Path:
+    """The pretraining run of the README demo (shared with test_demo: one demo run for the whole suite)."""
+    return demo_run[0] / "pretrain"
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
