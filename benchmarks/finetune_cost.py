@@ -19,7 +19,7 @@ import torch
 
 from finetune.lora import lora_config, wrap
 from finetune.refiner import RefinerHead, cache_features, relative_sobolev_loss
-from finetune.trainer import parameter_roles
+from finetune.strategies import parameter_roles
 from foundation import ScOT, ScOTConfig
 
 

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 
 from foundation.data import DataError
-from pretrain.trainer import NonFiniteLoss
+from pretrain.loop import NonFiniteLoss, TrainState
+from pretrain.trainer import setup_runtime
 
 from .config import parse_args
 from .trainer import Finetuner
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> int:
     model_args, data_args, train_args, tune = parse_args(argv)  # parse (bad input: one line and exit 2)
     try:
+        setup_runtime()
         trainer = Finetuner(model_args, data_args, train_args, tune)  # build
-        result = trainer.train()  # run
+        result = trainer.train(callbacks)  # run
     except (DataError, ValueError, FileNotFoundError, OSError) as error:  # bad input: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -292,16 +292,16 @@ def _plots(out: Path, samples, result: dict, config) -> list[str]:
     return written
 
 
-def evaluate_run(trainer, model_dir: Path, out_dir: Path) -> dict:
-    """Evaluation of a fine-tuning run's exported model (and of the model before refinement, if any)."""
-    data = trainer.data_args
-    kwargs = dict(split=trainer.tune.eval_split, stride=data.stride, max_snapshots=data.max_snapshots)
-    sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
+def evaluate_run(model_dir: Path, specs: list[str], data_args, split: str, out_dir: Path) -> dict:
+    """Evaluation of a fine-tuning run's exported model (and of the model before refinement, if any) on `split`
+    of the sources `specs`, with the run's stride and snapshot limit (`data_args`)."""
+    kwargs = dict(split=split, stride=data_args.stride, max_snapshots=data_args.max_snapshots)
+    sources = [open_source(spec, fill_stats=True) for spec in specs]
     result = evaluate_model(load_model(model_dir), sources, out_dir=out_dir, **kwargs)
     before = model_dir.with_name("model-before-refiner")
     headline = {k: v for k, v in result.items() if k.startswith(("median_rel", "mean_rel"))}
     if before.exists():
-        sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
+        sources = [open_source(spec, fill_stats=True) for spec in specs]
         previous = evaluate_model(load_model(before), sources, out_dir=out_dir / "before-refiner", **kwargs)
         headline["before_refiner"] = {k: v for k, v in previous.items() if k.startswith(("median_rel", "mean_rel"))}
     return headline

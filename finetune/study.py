@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         classes, argv, sections=("finetune", "study"), check=check_study
     )
     try:
+        from pretrain.trainer import setup_runtime
+
+        setup_runtime()
         report = run_study(model_args, data_args, train_args, tune, study)
     except (DataError, ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -695,7 +695,7 @@ class ScOT(ScOTPreTrainedModel):
 
     # ------------------------------------------------------------------ input checks
     def _check_inputs(self, x: Tensor, time: Tensor | float | None) -> Tensor | None:
-        """Validate shapes (always) and values (eager only), return the lead times as (B,)."""
+        """Validate shapes (always) and values (eager, not training), return the lead times as (B,)."""
         if not isinstance(x, Tensor) or x.dim() != 4:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"pixel_values must be (batch, channels, H, W), got shape {got}")
@@ -704,7 +704,9 @@ class ScOT(ScOTPreTrainedModel):
                 f"pixel_values has {x.shape[1]} channels, the model expects {self.config.num_channels} "
                 f"({', '.join(self.config.channel_names)})"
             )
-        check_values = not torch.compiler.is_compiling() and x.device.type != "meta"  # meta: shapes only (FLOPs)
+        # Values are checked in eval mode (a user's call); in training the data pipeline checked them when it read
+        # them, and a check here would read the device on every step (a host sync serialising a GPU pipeline).
+        check_values = not self.training and not torch.compiler.is_compiling() and x.device.type != "meta"
         if check_values and not torch.isfinite(x).all():
             raise ValueError("pixel_values contains NaN or Inf")
         if not self.config.use_conditioning:

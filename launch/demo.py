@@ -34,7 +34,7 @@ from foundation import ScOT
 from foundation.pdes import generate
 from foundation.plots import field_rows
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
-from pretrain.trainer import Pretrainer
+from pretrain.trainer import Pretrainer, setup_runtime
 
 
 def plot_predictions(model: ScOT, val_set, path: Path) -> None:
@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    setup_runtime()
     data_dir = args.out / "data"
     timings = {}
 

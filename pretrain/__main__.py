@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 
 from foundation.data import DataError
 
 from .config import parse_args
-from .trainer import NonFiniteLoss, Pretrainer
+from .loop import NonFiniteLoss, TrainState
+from .trainer import Pretrainer, setup_runtime
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> int:
     model_args, data_args, train_args = parse_args(argv)  # parse (bad input: one line and exit 2)
     try:
+        setup_runtime()
         trainer = Pretrainer(model_args, data_args, train_args)  # build
-        result = trainer.train()  # run
+        result = trainer.train(callbacks)  # run
     except (DataError, ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -130,15 +130,12 @@ class TrainArguments:
     peak_tflops: float | None = field(
         default=None, metadata={"help": "Datasheet peak TFLOP/s per device for the MFU (default: measured)."}
     )
-    stop_after: int | None = field(
-        default=None, metadata={"help": "Stop (as if killed) after this step; for tests of resumption."}
-    )
 
     def __post_init__(self):
         # max_steps 0 is a valid config (fine-tuning's refiner strategy refines the given model as it is); the
         # commands that must train refuse it (`check_steps`).
         check_range(self, "max_steps", "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm")
-        check_range(self, "eval_every", "save_every", "stop_after")
+        check_range(self, "eval_every", "save_every")
         check_positive(self, "peak_tflops")  # the MFU divides by it
         check_range(self, "min_lr_ratio", high=1)
         # keep_last 0 would keep every checkpoint (a [:-0] slice), log_every 0 divides by zero

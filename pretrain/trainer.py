@@ -1,14 +1,13 @@
 """Pretraining scOT on all2all pairs with accelerate: one CPU process, DDP, or DeepSpeed ZeRO 1-3.
 
-Parallelism and precision come from the launcher (`accelerate launch --config_file launch/accelerate/...`);
-they are decided here, in one place, and logged with the reason. The data pipeline shards itself
-(`RandomPairSampler` per rank), so the DataLoader is not handed to accelerate.
+This module builds the parts of a run and hands them to the loop (`pretrain.loop.run`): the accelerator,
+the data (`TrainData`), the model, and a `PreparedRun` (optimizer, schedule, loader under accelerate, validation,
+export) that fine-tuning builds the same way. Parallelism and precision come from the launcher (`accelerate
+launch --config_file launch/accelerate/...`); they are decided here, in one place, and logged with the reason.
+The data pipeline shards itself (`RandomPairSampler` per rank), so the DataLoader is not handed to accelerate.
 
-Checkpoints are the full training state (model, optimizer and scheduler through `accelerator.save_state`,
-sharded by DeepSpeed when it runs; sampler position; step; non-finite counter), written into a hidden folder
-and renamed into place once every rank has finished, the last `keep_last` kept. A resumed run continues the
-uninterrupted run's loss curve exactly. The final model is exported with `save_pretrained` (safetensors +
-config with channels, grid, normalisation and time scale), consolidated from ZeRO-3 shards when needed.
+The final model is exported with `save_pretrained` (safetensors + config with channels, grid, normalisation and
+time scale), consolidated from ZeRO-3 shards when needed, with `training_data.json` beside it.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ import copy
 import json
 import math
 import os
-import shutil
-import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +26,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from foundation import ScOT, ScOTConfig
+from foundation.compat import fused_adamw, skip_deepspeed_shm_comm
 from foundation.data import All2AllPairs, Mixture, RandomPairSampler, open_source
 from foundation.data.memory import keep_freed_memory
 from foundation.metrics import relative_error_per_sample, summary
 
 from .config import DataArguments, ModelArguments, TrainArguments
+from .loop import NonFiniteLoss, TrainParts, TrainState, run
 
-
-class NonFiniteLoss(RuntimeError):
-    """Too many non-finite losses in a row; the last good checkpoint is intact."""
+__all__ = [
+    "NonFiniteLoss",
+    "PreparedRun",
+    "Pretrainer",
+    "TrainData",
+    "build_accelerator",
+    "build_data",
+    "setup_runtime",
+]
 
 
 # ----------------------------------------------------------------------------------------------- set-up
@@ -63,24 +69,30 @@ def resolve_deepspeed_config_file() -> None:
     )
 
 
+def setup_runtime() -> None:
+    """Process-wide set-up, once, by the entry points (`python -m pretrain`, `python -m finetune`, the demo).
+
+    Batches reuse freed memory instead of page-faulting fresh mmaps every step; on a machine without CUDA,
+    DeepSpeed runs on the CPU without JIT-compiling its shared-memory comm op (~40 s at every start); the
+    DeepSpeed JSON an accelerate config names is found from any directory.
+    """
+    keep_freed_memory()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        skip_deepspeed_shm_comm()
+    resolve_deepspeed_config_file()
+
+
 def build_accelerator(train: TrainArguments, tag: str = "pretrain"):
     """The Accelerator, with the choices the launcher leaves to us made explicit and logged."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-    resolve_deepspeed_config_file()
     handlers = []
     if not torch.cuda.is_available():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # gloo is the CPU backend; accelerate would otherwise pick one DeepSpeed cannot use on the CPU.
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        try:  # DeepSpeed JIT-compiles a shared-memory op at every CPU start (~40 s) unless told not to
-            import deepspeed.ops
-
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        except ImportError:
-            pass
     log_with = None if train.tracker == "none" else train.tracker
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
@@ -121,7 +133,30 @@ def build_accelerator(train: TrainArguments, tag: str = "pretrain"):
     return accelerator
 
 
-def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajectories: int | None = None):
+@dataclass
+class TrainData:
+    """The data of a run: sources, all2all pairs as Mixtures on the channel vocabulary, this rank's sampler."""
+
+    sources: list
+    train_set: Mixture
+    val_set: Mixture
+    sampler: RandomPairSampler
+    vocabulary: list[str]  # the model's input channels
+    targets: list[str]  # the model's output channels
+    stats: dict[str, tuple[float, float]]  # (mean, std) per channel name
+    specs: list[str]  # what each source was opened from
+
+    @property
+    def names(self) -> list[str]:
+        """A short unique name per dataset, from the source's own name (file stem, folder or repo id)."""
+        names: list[str] = []
+        for source in self.sources:
+            stem = Path(str(source.info.name).rstrip("/")).stem or str(source.info.name)
+            names.append(stem if stem not in names else f"{stem}-{len(names)}")
+        return names
+
+
+def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajectories: int | None = None) -> TrainData:
     """Sources -> all2all pairs -> one Mixture on the channel vocabulary; the train sampler of this rank.
 
     `max_trajectories` keeps only the first N training trajectories of each source (sample-efficiency studies).
@@ -150,7 +185,7 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
     train_set = Mixture(train_parts, vocabulary, targets, weights=data.weights, input_mean=mean, input_std=std)
     val_set = Mixture(val_parts, vocabulary, targets, input_mean=mean, input_std=std)
     sampler = RandomPairSampler(len(train_set), seed=seed, rank=rank, world_size=world)
-    return sources, train_set, val_set, sampler, vocabulary, targets, stats
+    return TrainData(sources, train_set, val_set, sampler, vocabulary, targets, stats, list(data.datasets))
 
 
 def channel_statistics(sources, vocabulary: list[str]) -> dict[str, tuple[float, float]]:
@@ -245,150 +280,107 @@ def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
 
 
 # ----------------------------------------------------------------------------------------------- the run
-class Pretrainer:
-    """One pretraining run: build, train (resuming if a checkpoint exists), evaluate, export."""
+class PreparedRun:
+    """A model, its AdamW parameter groups and the data, prepared under accelerate: what the loop needs, plus
+    validation and export. Pretraining and every fine-tuning strategy build one the same way.
 
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments):
-        from accelerate.utils import set_seed
+    Args:
+        accelerator: From `build_accelerator`.
+        model: The model to train (plain ScOT, or wrapped, e.g. by peft).
+        param_groups: AdamW parameter groups (each may carry its own "lr").
+        data: From `build_data`.
+        model_args, data_args, train_args: The run's configuration.
+        tag: Name in logs and trackers.
+        run_args: Extra entries for run_args.json.
+    """
 
+    def __init__(
+        self,
+        accelerator,
+        model: torch.nn.Module,
+        param_groups: list[dict],
+        data: TrainData,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        train_args: TrainArguments,
+        tag: str = "pretrain",
+        run_args: dict | None = None,
+    ):
+        self.accelerator, self.data, self.tag = accelerator, data, tag
         self.model_args, self.data_args, self.args = model_args, data_args, train_args
-        keep_freed_memory()  # batches reuse freed memory instead of page-faulting fresh mmaps every step
         self.out = Path(train_args.output_dir)
-        self.accelerator = acc = build_accelerator(train_args, self.tag)
-        set_seed(train_args.seed)  # identical initial weights on every rank
-        (self.sources, self.train_set, self.val_set, self.sampler, self.vocabulary, self.targets, self.stats) = (
-            self._build_data()
-        )
-        grid = self.sources[0].grid
-        model = self.build_model(grid)
-        if model_args.gradient_checkpointing:
-            model.activation_checkpointing_enable()
-        self.group_names = self._group_names(model.config)
         self.config = model.config
+        groups = self.config.channel_slice_list_normalized_loss
+        names = self.config.output_channel_names
+        self.group_names = ["+".join(names[a:b]) for a, b in zip(groups[:-1], groups[1:])]
+        grid = data.sources[0].grid
         self.flops_per_sample = train_flops_per_sample(self.config, grid)
-        self.peak, self.peak_source = peak_flops(acc.device, train_args.precision, train_args.peak_tflops)
-        optimizer = torch.optim.AdamW(
-            self.param_groups(model), lr=train_args.learning_rate, weight_decay=train_args.weight_decay
-        )
+        self.peak = peak_flops(accelerator.device, train_args.precision, train_args.peak_tflops)
+        self.base_optimizer = fused_adamw(param_groups, train_args.learning_rate, train_args.weight_decay)
         scheduler = cosine_with_warmup(
-            optimizer, train_args.warmup_steps, train_args.max_steps, train_args.min_lr_ratio
+            self.base_optimizer, train_args.warmup_steps, train_args.max_steps, train_args.min_lr_ratio
         )
         if model_args.compile:
             model = torch.compile(model)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, self.base_optimizer, scheduler)
         self.loader = DataLoader(
-            self.train_set,
+            data.train_set,
             batch_size=train_args.batch_size,
-            sampler=self.sampler,
+            sampler=data.sampler,
             num_workers=data_args.num_workers,
             drop_last=True,
             persistent_workers=data_args.num_workers > 0,
         )
-        self.step, self.epoch, self.consumed, self.nonfinite = 0, 0, 0, 0
-        self.throughput: dict | None = None
-        self.history: list[dict] = []
+        self.run_args = {
+            "model": asdict(model_args),
+            "data": asdict(data_args),
+            "train": asdict(train_args),
+            "processes": accelerator.num_processes,
+            "distributed": accelerator.distributed_type.value,
+            "device": str(accelerator.device),
+            "torch": torch.__version__,
+            **(run_args or {}),
+        }
 
-    # Hooks that fine-tuning overrides (finetune.trainer.Finetuner): what model, which parameters train how.
-    tag = "pretrain"
-
-    def _build_data(self):
-        acc = self.accelerator
-        return build_data(self.data_args, self.args.seed, acc.process_index, acc.num_processes)
-
-    def build_model(self, grid: tuple[int, int]) -> torch.nn.Module:
-        time_scale = self.sources[0].info.time_scale
-        return build_model(self.model_args, self.vocabulary, self.targets, self.stats, grid, time_scale=time_scale)
-
-    def param_groups(self, model: torch.nn.Module) -> list[dict]:
-        """AdamW parameter groups; every parameter at the run's learning rate when pretraining."""
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-
-    def extra_run_args(self) -> dict:
-        return {}
-
-    @staticmethod
-    def _group_names(config: ScOTConfig) -> list[str]:
-        groups = config.channel_slice_list_normalized_loss
-        names = config.output_channel_names
-        return ["+".join(names[a:b]) for a, b in zip(groups[:-1], groups[1:])]
-
-    # ------------------------------------------------------------------ checkpoints
-    @property
-    def checkpoints(self) -> Path:
-        return self.out / "checkpoints"
-
-    def _complete_checkpoints(self) -> list[Path]:
-        if not self.checkpoints.exists():
-            return []
-        done = [p for p in self.checkpoints.glob("step-*") if (p / "trainer_state.json").exists()]
-        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-    def save_checkpoint(self) -> Path:
-        acc = self.accelerator
-        final = self.checkpoints / f"step-{self.step:07d}"
-        partial = self.checkpoints / f".partial-step-{self.step:07d}"
-        if acc.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(partial))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {
-                "step": self.step,
-                "epoch": self.epoch,
-                "consumed": self.consumed,
-                "nonfinite": self.nonfinite,
-                "world_size": acc.num_processes,
-                "sampler": self.sampler.state_dict(consumed=self.consumed),
-            }
-            (partial / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)  # readers see the previous checkpoints or this complete one
-            for old in self._complete_checkpoints()[: -self.args.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
-
-    def maybe_resume(self) -> bool:
-        if not self.args.resume:
-            return False
-        done = self._complete_checkpoints()
-        if not done:
-            return False
-        last = done[-1]
-        state = json.loads((last / "trainer_state.json").read_text())
-        if state["world_size"] != self.accelerator.num_processes:
-            raise ValueError(
-                f"{last}: saved by {state['world_size']} processes, resumed with "
-                f"{self.accelerator.num_processes}; resume with the same world size"
-            )
-        self.accelerator.load_state(str(last))
-        self.step, self.epoch, self.consumed = state["step"], state["epoch"], state["consumed"]
-        self.nonfinite = state["nonfinite"]
-        self.sampler.load_state_dict({**state["sampler"], "epoch": self.epoch, "position": self.consumed})
-        self.train_set.set_epoch(self.epoch)
-        self.accelerator.print(f"[{self.tag}] resumed from {last} (step {self.step})")
-        return True
+    def parts(self, finish: Callable[[TrainState], dict]) -> TrainParts:
+        """The loop's view of this run, ending with `finish`."""
+        return TrainParts(
+            accelerator=self.accelerator,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            base_optimizer=self.base_optimizer,
+            loader=self.loader,
+            sampler=self.data.sampler,
+            dataset=self.data.train_set,
+            out=self.out,
+            evaluate=self.evaluate,
+            finish=finish,
+            flops_per_sample=self.flops_per_sample,
+            peak=self.peak,
+            tag=self.tag,
+            run_args=self.run_args,
+        )
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, breakdown: bool = False) -> dict:
-        """Median relative L1 (%) per channel group on a fixed subset of validation pairs (all ranks together).
+        """Median relative L1 (%) per channel group on a fixed subset of validation pairs (all ranks together),
+        on normalised fields.
 
         With `breakdown`, also per dataset and per lead time (under "by_dataset" / "by_lead_time"), for the
         model card.
         """
-        acc, model = self.accelerator, self.model
+        acc, model, val_set = self.accelerator, self.model, self.data.val_set
         model.eval()
-        n = min(self.data_args.eval_pairs, len(self.val_set))
-        picks = np.linspace(0, len(self.val_set) - 1, n).round().astype(int)[acc.process_index :: acc.num_processes]
+        n = min(self.data_args.eval_pairs, len(val_set))
+        picks = np.linspace(0, len(val_set) - 1, n).round().astype(int)[acc.process_index :: acc.num_processes]
         per_rank = math.ceil(n / acc.num_processes)
         # columns: one per channel group, then dataset index and lead time
         errors = torch.full((per_rank, len(self.group_names) + 2), float("nan"), device=acc.device)
         groups = self.config.channel_slice_list_normalized_loss
         for start in range(0, len(picks), self.args.batch_size):
-            items = [self.val_set[int(k)] for k in picks[start : start + self.args.batch_size]]
+            items = [val_set[int(k)] for k in picks[start : start + self.args.batch_size]]
             batch = {k: torch.stack([it[k] for it in items]).to(acc.device) for k in items[0]}
             pred = model(pixel_values=batch["pixel_values"], time=batch["time"]).output
             rows = slice(start, start + len(items))
@@ -401,7 +393,7 @@ class Pretrainer:
         model.train()
         out: dict = summary(gathered[:, :-2], self.group_names)
         if breakdown:
-            names = [Path(spec).stem if ":" not in spec else spec.split(":")[0] for spec in self.data_args.datasets]
+            names = self.data.names
             out["by_dataset"] = {
                 names[k]: summary(gathered[gathered[:, -2] == k][:, :-2], self.group_names)
                 for k in range(len(names))
@@ -421,18 +413,18 @@ class Pretrainer:
         Reported as the median relative L1 (%) at the final time over a few validation trajectories per
         dataset; only for datasets whose inputs are the outputs (no static fields).
         """
-        acc, model = self.accelerator, self.model
+        acc, model, val_set = self.accelerator, self.model, self.data.val_set
         model.eval()
         errors = {"direct": [], "rollout": []}
         groups = self.config.channel_slice_list_normalized_loss
-        for k, part in enumerate(self.val_set.parts):
+        for k, part in enumerate(val_set.parts):
             if part.source.info.static_names or part.source.info.steady or len(part.snapshots) < 3:
                 continue
             pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
             last = len(part.snapshots) - 1
             for slot in range(min(trajectories, len(part.trajectories))):
                 base = slot * len(part.pattern)
-                direct = self.val_set.item(k, base + pattern[(0, last)])
+                direct = val_set.item(k, base + pattern[(0, last)])
                 device = acc.device
                 truth, mask = direct["labels"][None].to(device), direct["channel_mask"][None].to(device)
                 x = direct["pixel_values"][None].to(device)
@@ -440,7 +432,7 @@ class Pretrainer:
                 pred = model(pixel_values=x, time=direct["time"][None].to(device)).output
                 errors["direct"].append(relative_error_per_sample(pred, truth, groups, channel_mask=mask))
                 for step in range(last):
-                    one = self.val_set.item(k, base + pattern[(step, step + 1)])
+                    one = val_set.item(k, base + pattern[(step, step + 1)])
                     x = model(pixel_values=x, time=one["time"][None].to(device)).output
                     x = torch.where(mask[:, :, None, None] > 0, x, fill)  # absent channels keep their fill
                 errors["rollout"].append(relative_error_per_sample(x, truth, groups, channel_mask=mask))
@@ -451,165 +443,40 @@ class Pretrainer:
                 out[f"{name}_final_median_rel_l1"] = float(torch.nanmedian(torch.cat(values)).cpu())
         return out
 
-    # ------------------------------------------------------------------ training
-    def _batches(self):
-        while True:
-            yield from self.loader
-            self.epoch, self.consumed = self.epoch + 1, 0
-            self.sampler.set_epoch(self.epoch)
-            self.train_set.set_epoch(self.epoch)  # moves the sub-sampling of down-weighted datasets
-
-    def train(self) -> dict:
-        from tqdm.auto import tqdm
-
-        acc, args = self.accelerator, self.args
-        resumed = self.maybe_resume()
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            run_args = {
-                "model": asdict(self.model_args),
-                "data": asdict(self.data_args),
-                "train": asdict(args),
-                "processes": acc.num_processes,
-                "distributed": acc.distributed_type.value,
-                "device": str(acc.device),
-                "torch": torch.__version__,
-                **self.extra_run_args(),
-            }
-            (self.out / "run_args.json").write_text(json.dumps(run_args, indent=2, default=str))
-        if args.tracker != "none":
-            acc.init_trackers(self.tag, config=_flat_config(self.model_args, self.data_args, args))
-        losses_file = self.out / "losses.jsonl"
-        if acc.is_main_process and not resumed and losses_file.exists():
-            losses_file.unlink()
-        if acc.is_main_process and resumed and losses_file.exists():  # drop entries past the checkpoint
-            kept = [line for line in losses_file.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            losses_file.write_text("".join(k + "\n" for k in kept))
-        self.model.train()
-        batches = self._batches()
-        bar = tqdm(
-            total=args.max_steps,
-            initial=self.step,
-            disable=not acc.is_main_process,
-            desc=self.tag,
-            mininterval=0.1 if sys.stderr.isatty() else 10.0,
-        )  # logs and CI get a line every 10 s
-        start, seen, first_step = time.perf_counter(), 0, self.step
-        while self.step < args.max_steps:
-            step_loss = torch.zeros((), device=acc.device)
-            skipped = False
-            for _ in range(args.gradient_accumulation_steps):
-                batch = next(batches)
-                self.consumed += args.batch_size
-                batch = {k: v.to(acc.device) for k, v in batch.items() if k != "dataset"}
-                with acc.accumulate(self.model):
-                    loss = self.model(**batch).loss
-                    bad = acc.reduce(torch.tensor(float(not torch.isfinite(loss)), device=acc.device), "sum")
-                    if bad.item() > 0:  # every rank skips together, or the collectives would hang
-                        skipped = True
-                        self.optimizer.zero_grad()
-                        continue
-                    acc.backward(loss)
-                    if acc.sync_gradients and args.max_grad_norm > 0 and acc.state.deepspeed_plugin is None:
-                        acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad()
-                    step_loss += loss.detach() / args.gradient_accumulation_steps
-            if skipped:
-                self.nonfinite += 1
-                acc.print(
-                    f"[{self.tag}] step {self.step + 1}: non-finite loss, step skipped ({self.nonfinite} in a row)"
-                )
-                if self.nonfinite >= args.max_nonfinite_steps:
-                    raise NonFiniteLoss(
-                        f"{self.nonfinite} non-finite losses in a row at step {self.step + 1}; the "
-                        f"last good checkpoint in {self.checkpoints} is intact"
-                    )
-                continue
-            self.nonfinite = 0
-            self.step += 1
-            if self.step - first_step == 2:  # the first steps pay for allocation and warm-up
-                start, seen = time.perf_counter(), 0
-            elif self.step - first_step > 2:
-                seen += args.batch_size * args.gradient_accumulation_steps
-            mean_loss = acc.reduce(step_loss, "mean").item()
-            lr = self.scheduler.get_last_lr()[0]
-            if acc.is_main_process:
-                with losses_file.open("a") as f:
-                    f.write(json.dumps({"step": self.step, "loss": mean_loss, "lr": lr}) + "\n")
-            rate = seen / max(time.perf_counter() - start, 1e-9)  # per process
-            self.throughput = {"samples_per_s_per_process": rate, "mfu": rate * self.flops_per_sample / self.peak}
-            bar.set_postfix(
-                loss=f"{mean_loss:.4f}",
-                lr=f"{lr:.2e}",
-                samples_s=f"{rate:.1f}",
-                mfu=f"{100 * self.throughput['mfu']:.1f}%",
-                refresh=False,  # update() redraws, at most every mininterval
-            )
-            bar.update(1)
-            if self.step % args.log_every == 0 and args.tracker != "none":
-                acc.log(
-                    {
-                        "train/loss": mean_loss,
-                        "train/lr": lr,
-                        "train/samples_per_s": rate,
-                        "train/mfu": self.throughput["mfu"],
-                    },
-                    step=self.step,
-                )
-            if args.eval_every and self.step % args.eval_every == 0 and self.step < args.max_steps:
-                metrics = self.evaluate()
-                if args.tracker != "none":
-                    acc.log({f"val/{k}": v for k, v in metrics.items()}, step=self.step)
-            if (args.save_every and self.step % args.save_every == 0) or self.step == args.max_steps:
-                self.save_checkpoint()
-            if args.stop_after is not None and self.step >= args.stop_after:
-                bar.close()
-                result = {"stopped_at": self.step, **self.performance()}
-                if acc.is_main_process:
-                    (self.out / "result.json").write_text(json.dumps(result, indent=2))
-                return result
-        bar.close()
+    def final_metrics(self) -> dict:
+        """Validation with breakdowns, plus the rollout check when outputs can be fed back as inputs."""
         metrics = self.evaluate(breakdown=True)
-        if self.vocabulary == self.targets:  # a rollout needs outputs that can be fed back as inputs
+        if self.data.vocabulary == self.data.targets:
             metrics.update({f"rollout/{k}": v for k, v in self.rollout_check().items()})
-        export = self.export(metrics)
-        if args.tracker != "none":
-            acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=self.step)
-            acc.end_training()
-        result = {"step": self.step, "metrics": metrics, "model": str(export), **self.performance()}
-        if acc.is_main_process:
-            (self.out / "result.json").write_text(json.dumps(result, indent=2))
-        return result
+        return metrics
 
-    def performance(self) -> dict:
-        """Throughput per process and the MFU estimate (model FLOPs over the peak it is relative to)."""
-        out = {
-            "train_gflop_per_sample": round(self.flops_per_sample / 1e9, 3),
-            "peak_tflops": round(self.peak / 1e12, 3),
-            "peak_source": self.peak_source,
-            "processes": self.accelerator.num_processes,
-        }
-        if getattr(self, "throughput", None):
-            out["samples_per_s_per_process"] = round(self.throughput["samples_per_s_per_process"], 3)
-            out["mfu"] = round(self.throughput["mfu"], 4)
-        return out
+    # ------------------------------------------------------------------ export
+    def export(
+        self, metrics: dict, step: int, rebuild: Callable[[ScOTConfig, dict], torch.nn.Module] | None = None
+    ) -> Path:
+        """save_pretrained folder of the final model (consolidated from ZeRO-3 shards when needed), with
+        training_data.json beside it and metrics.json in the run folder.
 
-    def export(self, metrics: dict) -> Path:
-        """save_pretrained folder of the final model (consolidated from ZeRO-3 shards when needed)."""
+        Args:
+            metrics: Written to metrics.json.
+            step: The step the model was trained to.
+            rebuild: (fp32 config, consolidated state dict) -> the ScOT to save; the default loads the state into a
+                fresh ScOT. LoRA merges its adapters here (and writes them).
+        """
         acc = self.accelerator
         state = acc.get_state_dict(self.model)
         folder = self.out / "model"
         if acc.is_main_process:
-            unwrapped = acc.unwrap_model(self.model)
-            unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
             # A fresh fp32 copy: the trained module may hold bf16 weights (DeepSpeed bf16) and its config
             # would then tell every later from_pretrained to load in bf16.
-            config = copy.deepcopy(unwrapped.config)
+            config = copy.deepcopy(self.config)
             config.dtype = torch.float32
-            fresh = ScOT(config)
-            fresh.load_state_dict({k: v.float().cpu() for k, v in state.items()})
+            state = {k: v.float().cpu() for k, v in state.items()}
+            if rebuild is None:
+                fresh = ScOT(config)
+                fresh.load_state_dict(state)
+            else:
+                fresh = rebuild(config, state)
             fresh.save_pretrained(folder, safe_serialization=True)
             datasets = [
                 {
@@ -622,17 +489,58 @@ class Pretrainer:
                     "pde": s.info.pde,
                     "provenance": s.info.provenance,
                 }
-                for spec, s in zip(self.data_args.datasets, self.sources)
+                for spec, s in zip(self.data.specs, self.data.sources)
             ]
             (folder / "training_data.json").write_text(json.dumps(datasets, indent=2, default=str))
-            (self.out / "metrics.json").write_text(json.dumps({"step": self.step, **metrics}, indent=2))
+            (self.out / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
         acc.wait_for_everyone()
         return folder
 
 
-def _flat_config(*parts) -> dict:
-    out = {}
-    for part in parts:
-        for key, value in asdict(part).items():
-            out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
+class Pretrainer:
+    """One pretraining run: build the parts, train (resuming if a checkpoint exists), evaluate, export."""
+
+    tag = "pretrain"
+
+    def __init__(self, model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments):
+        from accelerate.utils import set_seed
+
+        accelerator = build_accelerator(train_args, self.tag)
+        set_seed(train_args.seed)  # identical initial weights on every rank
+        data = build_data(data_args, train_args.seed, accelerator.process_index, accelerator.num_processes)
+        model = build_model(
+            model_args, data.vocabulary, data.targets, data.stats, data.sources[0].grid, data.sources[0].info.time_scale
+        )
+        if model_args.gradient_checkpointing:
+            model.activation_checkpointing_enable()
+        trainable = [p for p in model.parameters() if p.requires_grad]  # one group at the run's learning rate
+        self.run = PreparedRun(
+            accelerator, model, [{"params": trainable}], data, model_args, data_args, train_args, self.tag
+        )
+        self.accelerator, self.args = accelerator, train_args
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    @property
+    def config(self) -> ScOTConfig:
+        return self.run.config
+
+    @property
+    def train_set(self) -> Mixture:
+        return self.run.data.train_set
+
+    @property
+    def val_set(self) -> Mixture:
+        return self.run.data.val_set
+
+    def evaluate(self, breakdown: bool = False) -> dict:
+        return self.run.evaluate(breakdown)
+
+    def finish(self, state: TrainState) -> dict:
+        metrics = self.run.final_metrics()
+        return {"metrics": metrics, "model": str(self.run.export(metrics, state.step))}
+
+    def train(self, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> dict:
+        return run(self.run.parts(self.finish), self.args, callbacks)

@@ -1,0 +1,207 @@
+"""Fine-tuning strategies: each says how to prepare the model, which parameters train at which rate, how to
+export the result, and what runs after the training loop.
+
+    full     every weight; body at --learning_rate, embedding/recovery at --head_learning_rate, the
+             time-conditioned norms at --norm_learning_rate (Poseidon's fine-tuning recipe)
+    head     only embedding and recovery (--head_learning_rate)
+    lora     peft adapters on attention/MLP projections (+ embedding/recovery), --head_learning_rate
+    refiner  `full` for --max_steps (may be 0), then Spectral-Refiner (finetune.refiner) on cached features
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from foundation import ScOT
+from foundation.compat import whole_weights_under_zero3
+from foundation.modeling_scot import ConditionalLayerNorm
+from pretrain.trainer import PreparedRun
+
+from . import lora, refiner
+from .config import FinetuneArguments
+
+HEAD_PREFIXES = ("embeddings.patch_embeddings", "patch_recovery")
+
+
+def parameter_roles(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+    """The model's parameters by role: 'head' (embedding, recovery), 'time_norm' (lead-time-conditioned norm
+    gains and biases), 'body' (the rest)."""
+    time_norm = set()
+    for module in model.modules():
+        if isinstance(module, ConditionalLayerNorm) and module.use_conditioning:
+            time_norm.update(id(p) for p in module.parameters())
+    roles: dict[str, list] = {"head": [], "time_norm": [], "body": []}
+    for name, p in model.named_parameters():
+        name = name.removeprefix("base_model.model.")
+        role = "head" if name.startswith(HEAD_PREFIXES) else "time_norm" if id(p) in time_norm else "body"
+        roles[role].append(p)
+    return roles
+
+
+class Strategy:
+    """Full fine-tuning; the other strategies change what differs."""
+
+    name = "full"
+
+    def __init__(self, tune: FinetuneArguments):
+        self.tune = tune
+
+    def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
+        """The model to train, from the channel-adapted `model` (`base` is the pretrained model as loaded)."""
+        return model
+
+    def param_groups(self, model: torch.nn.Module, learning_rate: float) -> list[dict]:
+        """AdamW parameter groups with their learning rates."""
+        if self.tune.from_scratch:
+            return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": learning_rate}]
+        roles = parameter_roles(model)
+        return [
+            {"params": roles["body"], "lr": learning_rate},
+            {"params": roles["head"], "lr": self.tune.head_learning_rate},
+            {"params": roles["time_norm"], "lr": self.tune.norm_learning_rate},
+        ]
+
+    def describe(self, max_steps: int) -> str:
+        return ""
+
+    def export(self, run: PreparedRun, metrics: dict, step: int, init_from: str) -> Path:
+        """The fine-tuned model folder (`run.export`: safetensors + config + training_data.json)."""
+        return run.export(metrics, step)
+
+    def after_training(self, finetuner, model_dir: Path) -> dict:
+        """What runs after the loop, on the exported model; entries for result.json."""
+        return {}
+
+
+class Full(Strategy):
+    name = "full"
+
+
+class Head(Strategy):
+    name = "head"
+
+    def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
+        roles = parameter_roles(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in roles["head"]:
+            p.requires_grad_(True)
+        return model
+
+    def param_groups(self, model: torch.nn.Module, learning_rate: float) -> list[dict]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": self.tune.head_learning_rate}]
+
+
+class Lora(Head):
+    name = "lora"
+
+    def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
+        tune = self.tune
+        changed = (model.config.channel_names, model.config.output_channel_names) != (
+            base.config.channel_names,
+            base.config.output_channel_names,
+        )
+        if changed and not tune.lora_train_head:
+            raise ValueError(
+                "--lora_train_head False: the data's channels differ from the pretrained model's, so the "
+                "new embedding/recovery rows must train (keep --lora_train_head True)"
+            )
+        self.config = lora.lora_config(
+            tune.lora_rank, tune.lora_alpha, tune.lora_dropout, tune.lora_targets, tune.lora_train_head
+        )
+        return lora.wrap(model, self.config)
+
+    def export(self, run: PreparedRun, metrics: dict, step: int, init_from: str) -> Path:
+        """`adapter/` (peft files, the fine-tuned config, base_model.json) and the merged model in `model/`."""
+
+        def rebuild(config, state: dict) -> ScOT:
+            with whole_weights_under_zero3():  # under ZeRO-3, peft would gather (a collective) on this one rank
+                fresh = lora.wrap(ScOT(config), copy.deepcopy(self.config))
+            fresh.load_state_dict(state)
+            lora.save_adapter(fresh, run.out / "adapter", init_from)
+            return fresh.merge_and_unload()
+
+        return run.export(metrics, step, rebuild=rebuild)
+
+
+class Refiner(Full):
+    name = "refiner"
+
+    def describe(self, max_steps: int) -> str:
+        return f" in the {max_steps} full fine-tuning steps; then only the last layer and the spectral head"
+
+    def after_training(self, finetuner, model_dir: Path) -> dict:
+        """Spectral-Refiner on the model just exported; the unrefined model moves to `model-before-refiner/`."""
+        acc, tune, data = finetuner.accelerator, self.tune, finetuner.run.data
+        summary: dict = {}
+        if acc.is_main_process:
+            start = time.perf_counter()
+            with whole_weights_under_zero3():
+                model = ScOT.from_pretrained(model_dir).eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            residual_mode = tune.refiner_loss == "residual"
+            split = tune.refiner_fit_split
+            fit_set = data.train_set if split == "train" else finetuner.held_out(split)
+            fit_rows = refiner.split_indices(len(fit_set), tune.refiner_max_pairs)
+            val_rows = refiner.split_indices(len(data.val_set), finetuner.run.data_args.eval_pairs)
+            residual = None
+            if residual_mode:
+                residual = refiner.NavierStokesResidual(
+                    model.config, data.sources[0].info, tune.sobolev_s, tune.sobolev_alpha, data.vocabulary
+                )
+            fit = refiner.cache_features(model, fit_set, fit_rows, with_tangents=residual_mode)
+            val = refiner.cache_features(model, data.val_set, val_rows)
+            cached_s = time.perf_counter() - start
+            refined, history = refiner.refine(
+                model,
+                fit,
+                val,
+                steps=tune.refiner_steps,
+                lr=tune.refiner_learning_rate,
+                bias_lr=tune.refiner_bias_learning_rate,
+                batch_size=tune.refiner_batch_size,
+                s=tune.sobolev_s,
+                alpha=tune.sobolev_alpha,
+                lengths=refiner.box_lengths(data.sources[0].info.domain),
+                residual=residual,
+                train_recovery=tune.refiner_train_recovery,
+                eval_every=tune.refiner_eval_every,
+                patience=tune.refiner_patience,
+                seed=finetuner.args.seed,
+                log=acc.print,
+            )
+            before = model_dir.with_name("model-before-refiner")
+            if before.exists():
+                shutil.rmtree(before)
+            os.replace(model_dir, before)  # the unrefined model stays available (and is evaluated too)
+            refined.save_pretrained(model_dir)
+            if (before / "training_data.json").exists():
+                shutil.copy2(before / "training_data.json", model_dir / "training_data.json")
+            summary = {
+                "loss": tune.refiner_loss,
+                "fit_pairs": len(fit),
+                "val_pairs": len(val),
+                "cache_s": round(cached_s, 2),
+                "total_s": round(time.perf_counter() - start, 2),
+                "val_median_rel_l1_before": history["val_median_rel_l1"][0][1],
+                "val_median_rel_l1_after": history["best_val_median_rel_l1"],
+                "best_step": history["best_step"],
+                "steps_run": history["steps_run"],
+                "model_before_refiner": str(before),
+                "head_parameters": sum(p.numel() for p in refined.head.parameters())
+                + sum(p.numel() for p in refined.model.patch_recovery.parameters()),
+            }
+            (finetuner.run.out / "refiner_history.json").write_text(json.dumps(history, indent=2))
+        acc.wait_for_everyone()
+        return {"refiner": summary}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"full": Full, "head": Head, "lora": Lora, "refiner": Refiner}

@@ -1,0 +1,345 @@
+"""The training loop of pretraining and fine-tuning: it receives built parts and runs them.
+
+    parts = TrainParts(accelerator, model, optimizer, scheduler, loader, ..., evaluate=..., finish=...)
+    result = run(parts, train_args)
+
+What the model is, which parameters train at which rate, how to evaluate and how to export are the caller's parts
+(`pretrain.trainer` builds them for pretraining, `finetune.trainer` for each fine-tuning strategy); the loop owns
+the cadence (log, evaluate, save), the non-finite policy and resumption.
+
+No host synchronisation happens on a step that neither logs, evaluates, saves nor checks the non-finite streak:
+the loss, the non-finite flag and the skip decision stay on the device. A step whose loss is non-finite on any
+rank is skipped by every rank inside the fused AdamW (`foundation.compat.skip_optimizer_step`), and the streak of
+such steps is read at those cadence steps (every `max_nonfinite_steps` steps at least).
+
+Checkpoints are the full training state (model, optimizer and scheduler through `accelerator.save_state`, sharded
+by DeepSpeed when it runs; sampler position; step), written into a hidden folder and renamed into place once every
+rank has finished, the last `keep_last` kept. A resumed run continues the uninterrupted run's loss curve exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from foundation.compat import skip_optimizer_step
+
+from .config import TrainArguments
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is intact."""
+
+
+@dataclass
+class TrainState:
+    """Where a run is: what a checkpoint holds besides the model, optimizer and scheduler states."""
+
+    step: int = 0
+    epoch: int = 0
+    consumed: int = 0  # samples of the current epoch this rank has consumed
+    nonfinite: int = 0  # non-finite steps in a row, as last read from the device
+
+
+@dataclass
+class TrainParts:
+    """Everything the loop runs, built by the caller.
+
+    Args:
+        accelerator: The prepared run's `accelerate.Accelerator`.
+        model, optimizer, scheduler: As returned by `accelerator.prepare`.
+        base_optimizer: The torch optimizer before `prepare` (a fused AdamW: it skips non-finite steps on device).
+        loader: Training batches of this rank (its sampler shards the data itself).
+        sampler: The resumable `RandomPairSampler` of `loader`.
+        dataset: The training dataset (`set_epoch` moves the sub-sampling of down-weighted datasets).
+        out: The run folder (checkpoints, losses.jsonl, run_args.json, result.json).
+        evaluate: Validation metrics during training (every `eval_every` steps); flat {name: float}.
+        finish: After the last step: final evaluation and export, returns entries of result.json.
+        flops_per_sample: Forward + backward FLOPs of one sample (the MFU's numerator).
+        peak: (FLOP/s, how it was obtained) the MFU is relative to.
+        tag: Name in logs and trackers.
+        run_args: Written to run_args.json (the configuration of the run).
+    """
+
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    base_optimizer: torch.optim.Optimizer
+    loader: Any
+    sampler: Any
+    dataset: Any
+    out: Path
+    evaluate: Callable[[], dict]
+    finish: Callable[[TrainState], dict]
+    flops_per_sample: float
+    peak: tuple[float, str]
+    tag: str = "pretrain"
+    run_args: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+class Checkpointer:
+    """Full training states in `folder/step-NNNNNNN`, written atomically; the last `keep_last` are kept."""
+
+    def __init__(self, accelerator, folder: Path, keep_last: int, sampler):
+        self.accelerator, self.folder, self.keep_last, self.sampler = accelerator, Path(folder), keep_last, sampler
+
+    def complete(self) -> list[Path]:
+        """Finished checkpoints, oldest first (a folder is finished once it holds trainer_state.json)."""
+        if not self.folder.exists():
+            return []
+        done = [p for p in self.folder.glob("step-*") if (p / "trainer_state.json").exists()]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+    def save(self, state: TrainState) -> Path:
+        acc = self.accelerator
+        final = self.folder / f"step-{state.step:07d}"
+        partial = self.folder / f".partial-step-{state.step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            saved = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "consumed": state.consumed,
+                "nonfinite": state.nonfinite,
+                "world_size": acc.num_processes,
+                "sampler": self.sampler.state_dict(consumed=state.consumed),
+            }
+            (partial / "trainer_state.json").write_text(json.dumps(saved, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)  # readers see the previous checkpoints or this complete one
+            for old in self.complete()[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self, state: TrainState, dataset) -> Path | None:
+        """Load the last finished checkpoint into the run and `state`; None when there is none."""
+        done = self.complete()
+        if not done:
+            return None
+        last = done[-1]
+        saved = json.loads((last / "trainer_state.json").read_text())
+        if saved["world_size"] != self.accelerator.num_processes:
+            raise ValueError(
+                f"{last}: saved by {saved['world_size']} processes, resumed with "
+                f"{self.accelerator.num_processes}; resume with the same world size"
+            )
+        self.accelerator.load_state(str(last))
+        state.step, state.epoch, state.consumed = saved["step"], saved["epoch"], saved["consumed"]
+        state.nonfinite = saved["nonfinite"]
+        self.sampler.load_state_dict({**saved["sampler"], "epoch": state.epoch, "position": state.consumed})
+        dataset.set_epoch(state.epoch)
+        return last
+
+
+# ----------------------------------------------------------------------------------------------- one step
+def train_step(parts: TrainParts, micro_batches: Sequence[dict], max_grad_norm: float) -> tuple[torch.Tensor, ...]:
+    """One optimizer step over `micro_batches` (gradient accumulation); returns (mean loss, skipped) on the device.
+
+    Nothing here reads a tensor on the host: a non-finite loss on any rank makes every rank skip the update on
+    the device (the all-reduced flag goes to the fused AdamW), so the collectives of all ranks stay in step.
+    """
+    acc, model, optimizer = parts.accelerator, parts.model, parts.optimizer
+    skipped = torch.zeros((), device=acc.device)
+    total = torch.zeros((), device=acc.device)
+    deepspeed = acc.state.deepspeed_plugin is not None
+    for batch in micro_batches:
+        with acc.accumulate(model):
+            loss = model(**batch).loss
+            bad = acc.reduce((~torch.isfinite(loss.detach())).float(), "sum").clamp(max=1.0)
+            skipped = torch.maximum(skipped, bad)
+            skip_optimizer_step(parts.base_optimizer, skipped)  # read by the update at the accumulation boundary
+            acc.backward(loss)  # DeepSpeed also steps here, at the boundary
+            if acc.sync_gradients and max_grad_norm > 0 and not deepspeed:
+                acc.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            parts.scheduler.step()
+            optimizer.zero_grad()
+            total = total + loss.detach() / len(micro_batches)
+    return acc.reduce(total, "mean"), skipped
+
+
+def _micro_batches(parts: TrainParts, state: TrainState, batch_size: int) -> Iterator[dict]:
+    """Training batches on the device, epoch after epoch, keeping `state.epoch` and `state.consumed` current."""
+    device = parts.accelerator.device
+    while True:
+        for batch in parts.loader:
+            state.consumed += batch_size
+            yield {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "dataset"}
+        state.epoch, state.consumed = state.epoch + 1, 0
+        parts.sampler.set_epoch(state.epoch)
+        parts.dataset.set_epoch(state.epoch)  # moves the sub-sampling of down-weighted datasets
+
+
+class _LossLog:
+    """Per-step losses kept on the device and written to losses.jsonl (and the tracker) at logging steps."""
+
+    def __init__(self, path: Path, main: bool):
+        self.path, self.main = path, main
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+
+    def record(self, step: int, loss: torch.Tensor, skipped: torch.Tensor, lr: float) -> None:
+        self.pending.append((step, loss, skipped, lr))
+
+    def flush(self) -> dict | None:
+        """Write what is pending (one host sync for all of it); the last entry's values, or None."""
+        if not self.pending:
+            return None
+        values = torch.stack([torch.stack([loss.float(), skip]) for _, loss, skip, _ in self.pending]).tolist()
+        lines = []
+        for (step, _, _, lr), (loss, skip) in zip(self.pending, values):
+            entry = {"step": step, "loss": None if skip else loss, "lr": lr}
+            if skip:
+                entry["skipped"] = True  # non-finite on some rank: no update
+            lines.append(entry)
+        self.pending = []
+        if self.main:
+            with self.path.open("a") as f:
+                f.writelines(json.dumps(entry) + "\n" for entry in lines)
+        return lines[-1]
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> dict:
+    """Train to `args.max_steps` (resuming from the last checkpoint in `parts.out` if any), then `parts.finish`.
+
+    Args:
+        parts: The built run.
+        args: Steps, cadences, clipping, tracker, resumption.
+        callbacks: Called with the state after every step (e.g. a test that stops the run as if killed).
+    Returns:
+        result.json's content: step, what `finish` returned, throughput and MFU.
+    """
+    from tqdm.auto import tqdm
+
+    acc, out = parts.accelerator, parts.out
+    state = TrainState()
+    checkpointer = Checkpointer(acc, out / "checkpoints", args.keep_last, parts.sampler)
+    resumed = checkpointer.resume(state, parts.dataset) if args.resume else None
+    if resumed is not None:
+        acc.print(f"[{parts.tag}] resumed from {resumed} (step {state.step})")
+    losses = _LossLog(out / "losses.jsonl", acc.is_main_process)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_args.json").write_text(json.dumps(parts.run_args, indent=2, default=str))
+        if losses.path.exists() and resumed is None:
+            losses.path.unlink()
+        elif losses.path.exists():  # drop entries past the checkpoint
+            kept = [line for line in losses.path.read_text().splitlines() if json.loads(line)["step"] <= state.step]
+            losses.path.write_text("".join(k + "\n" for k in kept))
+    tracking = args.tracker != "none"
+    if tracking:
+        acc.init_trackers(parts.tag, config=_flat(parts.run_args))
+
+    parts.model.train()
+    batches = _micro_batches(parts, state, args.batch_size)
+    bar = tqdm(
+        total=args.max_steps,
+        initial=state.step,
+        disable=not acc.is_main_process,
+        desc=parts.tag,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,
+    )  # logs and CI get a line every 10 s
+    streak = torch.full((), float(state.nonfinite), device=acc.device)  # non-finite steps in a row, on device
+    first, started, seen, throughput = state.step, time.perf_counter(), 0, None
+    while state.step < args.max_steps:
+        micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+        loss, skipped = train_step(parts, micro, args.max_grad_norm)
+        streak = (streak + skipped) * skipped
+        state.step += 1
+        losses.record(state.step, loss, skipped, parts.scheduler.get_last_lr()[0])
+        bar.update(1)
+        if state.step - first == 2:  # the first steps pay for allocation and warm-up
+            started, seen = time.perf_counter(), 0
+        elif state.step - first > 2:
+            seen += args.batch_size * args.gradient_accumulation_steps
+
+        last = state.step == args.max_steps
+        log = state.step % args.log_every == 0 or last
+        evaluate = bool(args.eval_every) and state.step % args.eval_every == 0 and not last
+        save = (bool(args.save_every) and state.step % args.save_every == 0) or last
+        if log or evaluate or save or state.step % args.max_nonfinite_steps == 0:
+            state.nonfinite = int(streak.item())  # the host sync of this step
+            if state.nonfinite >= args.max_nonfinite_steps:
+                losses.flush()
+                raise NonFiniteLoss(
+                    f"{state.nonfinite} non-finite losses in a row at step {state.step}; the last good "
+                    f"checkpoint in {checkpointer.folder} is intact"
+                )
+        if log:
+            entry = losses.flush()
+            rate = seen / max(time.perf_counter() - started, 1e-9)  # per process, after the sync above
+            throughput = {"samples_per_s_per_process": rate, "mfu": rate * parts.flops_per_sample / parts.peak[0]}
+            if state.nonfinite:
+                acc.print(f"[{parts.tag}] step {state.step}: non-finite loss, {state.nonfinite} step(s) skipped")
+            loss_text = "skipped" if entry["loss"] is None else f"{entry['loss']:.4f}"
+            bar.set_postfix(
+                loss=loss_text,
+                lr=f"{entry['lr']:.2e}",
+                samples_s=f"{rate:.1f}",
+                mfu=f"{100 * throughput['mfu']:.1f}%",
+                refresh=False,  # update() redraws, at most every mininterval
+            )
+            if tracking and entry["loss"] is not None:
+                values = {"train/loss": entry["loss"], "train/lr": entry["lr"], "train/samples_per_s": rate}
+                acc.log({**values, "train/mfu": throughput["mfu"]}, step=state.step)
+        if evaluate:
+            metrics = parts.evaluate()
+            if tracking:
+                acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.step)
+        if save and state.nonfinite == 0:  # a skipped step never becomes the checkpoint a run resumes from
+            losses.flush()
+            checkpointer.save(state)
+        for callback in callbacks:
+            callback(state)
+    bar.close()
+    losses.flush()
+    result = {"step": state.step, **parts.finish(state)}
+    if tracking:
+        metrics = result.get("metrics", {})
+        acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.step)
+        acc.end_training()
+    result.update(performance(parts, throughput))
+    if acc.is_main_process:
+        (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def performance(parts: TrainParts, throughput: dict | None) -> dict:
+    """Throughput per process and the MFU estimate (model FLOPs over the peak it is relative to)."""
+    out = {
+        "train_gflop_per_sample": round(parts.flops_per_sample / 1e9, 3),
+        "peak_tflops": round(parts.peak[0] / 1e12, 3),
+        "peak_source": parts.peak[1],
+        "processes": parts.accelerator.num_processes,
+    }
+    if throughput:
+        out["samples_per_s_per_process"] = round(throughput["samples_per_s_per_process"], 3)
+        out["mfu"] = round(throughput["mfu"], 4)
+    return out
+
+
+def _flat(config: dict) -> dict:
+    """Tracker-friendly flat config: nested sections merged, non-scalars as strings."""
+    out = {}
+    for value in config.values():
+        if isinstance(value, dict):
+            for key, item in value.items():
+                out[key] = item if isinstance(item, (int, float, str, bool)) else str(item)
+    return out
