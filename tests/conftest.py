@@ -34,6 +34,7 @@ FIXTURES = SHARED / "fixtures" / "poseidon-reference"
 REFERENCE = SHARED / "reference"
 # The small parity fixtures (scot-mini, scot-3stage) are kept with the tests: a clean clone runs them.
 LOCAL_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "poseidon-reference"
+LOCAL_REFERENCE = REPO_ROOT / "tests" / "fixtures" / "reference"  # copies of the state-dict TSVs
 
 
 def fixture_names() -> list[str]:
@@ -71,7 +72,8 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    return _require(REFERENCE)
+    """The published state-dict layouts (poseidon-{T,B,L}-state-dict.tsv): ../shared, else the copies in tests/."""
+    return REFERENCE if REFERENCE.exists() else LOCAL_REFERENCE
 
 
 @pytest.fixture(autouse=True)
@@ -81,9 +83,9 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The README demo at a small size, run once: its own test checks it, the card tests render from its runs."""
+    """The README demo at a small size, run once per session."""
     out = tmp_path_factory.mktemp("demo")
-    argv = ["--out", str(out), "--trajectories", "8", "--resolution", "16", "--steps", "80", "--finetune_steps", "20"]
+    argv = ["--out", str(out), "--trajectories", "8", "--resolution", "16", "--steps", "60", "--finetune_steps", "10"]
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "launch" / "demo.py"), *argv],
         capture_output=True,
@@ -93,3 +95,18 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
+
+
+# Tests that launch two processes share one pytest-xdist worker, one after the other: two of them at once would put
+# four ranks on two cores. The other worker runs the single-process tests meanwhile.
+def multiprocess(test):
+    """Mark a test that launches two processes (slow; in the "multiprocess" xdist group)."""
+    return pytest.mark.slow(pytest.mark.xdist_group("multiprocess")(test))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long tests first (the multi-process group, then the other slow ones): they start at once and the short
+    tests fill the other worker, instead of two long tests ending the run side by side."""
+    items.sort(
+        key=lambda item: 0 if item.get_closest_marker("xdist_group") else 1 if item.get_closest_marker("slow") else 2
+    )

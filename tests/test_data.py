@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -350,27 +348,19 @@ def test_poseidon_tracer_variant_and_wrong_layouts(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def test_inspect_cli(tmp_path: Path):
+def test_inspect_cli(tmp_path: Path, capsys):
+    from foundation.data.__main__ import main
+
     write_ours(tmp_path / "a.h5", provenance={"solver": "unit-test"})
-    run = subprocess.run(
-        [sys.executable, "-m", "foundation.data", "inspect", str(tmp_path / "a.h5")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr
-    described = json.loads(run.stdout)
+    assert main(["inspect", str(tmp_path / "a.h5")]) == 0
+    described = json.loads(capsys.readouterr().out)
     assert described["shape"] == {"N": 10, "T": 11, "C": 2, "H": 8, "W": 8}
     assert described["channel_names"] == ["u", "v"] and described["splits"]["train"] == [0, 8]
     assert len(described["mean"]) == 2 and described["provenance"]["solver"] == "unit-test"
     assert len(described["times"]) == 11
-    bad = subprocess.run(
-        [sys.executable, "-m", "foundation.data", "inspect", str(tmp_path / "nope.h5")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "nope.h5: no such file" in bad.stderr and "Traceback" not in bad.stderr
+    assert main(["inspect", str(tmp_path / "nope.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.h5: no such file" in err and "Traceback" not in err
 
 
 def test_pairs_never_alias_or_modify_the_source(tmp_path: Path):

@@ -266,6 +266,7 @@ def test_inspect_describes_a_pdebench_file(files, capsys):
     assert described["pde"]["family"] == "pdebench-cfd" and described["provenance"]["format"] == "pdebench"
 
 
+@pytest.mark.slow
 def test_pretraining_runs_on_a_pdebench_cfd_file(tmp_path: Path, monkeypatch, capsys):
     from pretrain.__main__ import main as pretrain_main
 

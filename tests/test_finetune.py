@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, multiprocess
 from safetensors.torch import load_file
 
 from finetune import load_model
@@ -24,7 +24,8 @@ from finetune.refiner import (
     relative_sobolev_loss,
     vorticity_residual,
 )
-from finetune.trainer import Finetuner, parameter_roles
+from finetune.strategies import parameter_roles
+from finetune.trainer import Finetuner
 from foundation import ScOT, ScOTConfig
 from foundation.data import All2AllPairs, open_source
 from foundation.pdes import generate
@@ -86,6 +87,7 @@ def losses(out) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "losses.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_full_strategy_uses_three_learning_rates_and_trains_everything(base_dir, ac_file, tmp_path, capsys):
     trainer = run(base_dir, ac_file, tmp_path, "full", steps=40, learning_rate=1e-3, head_learning_rate=3e-3)
     assert "parameters train (100.00%)" in capsys.readouterr().out
@@ -115,6 +117,7 @@ def test_full_strategy_uses_three_learning_rates_and_trains_everything(base_dir,
     assert evaluation["split"] == "test" and evaluation["median_rel_l1/u"] > 0
 
 
+@pytest.mark.slow
 def test_head_strategy_freezes_the_body(base_dir, ac_file, tmp_path):
     trainer = run(base_dir, ac_file, tmp_path, "head", steps=40, head_learning_rate=2e-2)
     before = snapshot(trainer.model)
@@ -135,6 +138,7 @@ def test_head_strategy_freezes_the_body(base_dir, ac_file, tmp_path):
     assert np.mean(curve[-5:]) < 0.9 * np.mean(curve[:5])
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_only_and_round_trips(base_dir, ac_file, tmp_path):
     trainer = run(base_dir, ac_file, tmp_path, "lora", steps=40, head_learning_rate=3e-3, lora_rank=4)
     base_names = {k for k, _ in ScOT.from_pretrained(base_dir).named_parameters()}
@@ -171,6 +175,8 @@ def test_lora_trains_adapters_only_and_round_trips(base_dir, ac_file, tmp_path):
 
     files = prepare_release(tmp_path, tmp_path / "release", "org/allen-cahn-lora")
     assert "adapter" in files and (tmp_path / "release" / "adapter" / "adapter_model.safetensors").exists()
+    card = (tmp_path / "release" / "README.md").read_text()
+    assert f"| `{ac_file}` |" in card  # the training-data table: LoRA's export writes training_data.json too
 
 
 def test_refiner_head_reproduces_the_base_prediction_at_step_zero(base_dir, ac_file):
@@ -196,6 +202,7 @@ def test_refiner_head_reproduces_the_base_prediction_at_step_zero(base_dir, ac_f
     model.config.learn_residual = False
 
 
+@pytest.mark.slow
 def test_refiner_strategy_freezes_the_body_and_improves_validation(base_dir, ac_file, tmp_path):
     trainer = run(
         base_dir,
@@ -337,6 +344,7 @@ def test_generator_specs_and_config_errors():
         check(FinetuneArguments(strategy="lorra"))
 
 
+@pytest.mark.slow
 def test_cli_fine_tunes_evaluates_and_refuses_bad_input(base_dir, tmp_path):
     spec = "pde:wave-gauss:n=12,resolution=16,snapshots=4,seed=5"
     out = tmp_path / "run"
@@ -362,18 +370,18 @@ def test_cli_fine_tunes_evaluates_and_refuses_bad_input(base_dir, tmp_path):
     for name in ("samples.png", "rollout.png", "spectra.png"):
         assert (eval_out / name).stat().st_size > 1000
 
-    bad = [sys.executable, "-m", "finetune.evaluate", "--model", str(tmp_path / "nope"), "--datasets", spec]
-    done = subprocess.run(bad, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_offline())
-    assert done.returncode == 2 and "nope" in done.stderr and "Traceback" not in done.stderr
-    typo = [sys.executable, "-m", "finetune", "--init_from", str(base_dir), "--datasets", spec, "--strategie", "head"]
-    done = subprocess.run(typo, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "did you mean --strategy" in done.stderr
 
+def test_cli_bad_input_is_one_line(base_dir, tmp_path, capsys):
+    from finetune.__main__ import main as finetune_main
+    from finetune.evaluate import main as evaluate_main
 
-def _offline():
-    import os
-
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+    spec = "pde:wave-gauss:n=12,resolution=16,snapshots=4,seed=5"
+    assert evaluate_main(["--model", str(tmp_path / "nope"), "--datasets", spec]) == 2  # offline: HF_HUB_OFFLINE=1
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as stop:
+        finetune_main(["--init_from", str(base_dir), "--datasets", spec, "--strategie", "head"])
+    assert stop.value.code == 2 and "did you mean --strategy" in capsys.readouterr().err
 
 
 def test_recipes_parse():
@@ -406,6 +414,7 @@ def test_power_law_fit_and_gains_are_exact_on_synthetic_curves():
     assert rows[0]["extrapolated"] is False and rows[-1]["extrapolated"] is True
 
 
+@pytest.mark.slow
 def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
     from finetune.study import StudyArguments, run_study
 
@@ -448,6 +457,7 @@ def _launch(args: list[str], accelerate_config: str | None = None, cwd=REPO_ROOT
     return proc
 
 
+@multiprocess
 def test_two_process_refiner_under_accelerate(base_dir, ac_file, tmp_path):
     out = tmp_path / "ddp"
     args = ["--init_from", str(base_dir), "--datasets", str(ac_file), "--output_dir", str(out)]
@@ -460,21 +470,27 @@ def test_two_process_refiner_under_accelerate(base_dir, ac_file, tmp_path):
     assert refined.head.size == (16, 16) and (out / "evaluation" / "evaluation.json").exists()
 
 
-def test_published_poseidon_layout_fine_tunes_onto_new_channels(fixtures_dir, tmp_path):
+@pytest.mark.slow
+def test_published_poseidon_layout_fine_tunes_onto_new_channels(tmp_path):
     """A checkpoint in the published Poseidon layout (rho, u, v, p) fine-tuned on waves (u and the static c)."""
+    from conftest import fixture_folder
+
+    from finetune.__main__ import main
+
+    published = fixture_folder("scot-mini")  # the published layout, kept with the tests
     data = generate("wave-gauss", 10, 32, tmp_path / "wave.h5", snapshots=4, seed=0, progress=False)
     out = tmp_path / "ft"
-    _launch(
-        ["--init_from", str(fixtures_dir / "scot-tiny"), "--datasets", str(data), "--output_dir", str(out)]
-        + ["--strategy", "head", "--max_steps", "3"]
-    )
+    argv = ["--init_from", str(published), "--datasets", str(data), "--output_dir", str(out)]
+    argv += ["--strategy", "head", "--max_steps", "3", "--tracker", "none", "--batch_size", "4", "--eval_pairs", "8"]
+    assert main(argv) == 0
     tuned = ScOT.from_pretrained(out / "model")
-    base = ScOT.from_pretrained(fixtures_dir / "scot-tiny")
+    base = ScOT.from_pretrained(published)
     assert tuned.config.channel_names == ["u", "c"] and tuned.config.output_channel_names == ["u"]
     body = [k for k in base.state_dict() if not k.startswith(("embeddings.patch_embeddings", "patch_recovery"))]
     assert all(torch.equal(base.state_dict()[k], tuned.state_dict()[k]) for k in body)  # head-only: body intact
 
 
+@pytest.mark.slow
 def test_residual_refiner_through_the_finetuner(base_dir, tmp_path):
     data = generate("ns-kf", 10, 32, tmp_path / "nskf.h5", snapshots=4, seed=1, progress=False, t_end=0.1)
     trainer = Finetuner(
@@ -497,6 +513,7 @@ def test_residual_refiner_through_the_finetuner(base_dir, tmp_path):
     assert min(v for _, v in history["loss"]) < history["loss"][0][1]
 
 
+@pytest.mark.slow
 def test_steady_problem_is_one_step_of_lead_time_one(base_dir, tmp_path):
     """Poisson (static source f -> solution u): inputs are the static field, one pair per sample at lead time 1."""
     data = generate("poisson-gauss", 20, 16, tmp_path / "poisson.h5", seed=0, progress=False)
@@ -509,6 +526,7 @@ def test_steady_problem_is_one_step_of_lead_time_one(base_dir, tmp_path):
     assert result["evaluation"]["median_rel_l1/u"] > 0
 
 
+@multiprocess
 def test_lora_under_deepspeed_zero3_two_processes(base_dir, ac_file, tmp_path):
     """ZeRO-3 partitions weights at load time: surgery, the adapter export and the one-rank evaluation must not.
 

@@ -47,8 +47,10 @@ def test_reproduces_reference_outputs(name: str, res: str):
     assert (out - expected).abs().max().item() <= 1e-5
 
 
-def test_published_config_gets_published_defaults(fixtures_dir: Path):
-    config = ScOTConfig.from_pretrained(fixtures_dir / "scot-tiny")
+def test_published_config_gets_published_defaults():
+    from conftest import fixture_folder
+
+    config = ScOTConfig.from_pretrained(fixture_folder("scot-mini"))
     assert config.model_type == "scot"
     assert config.channel_names == ["rho", "u", "v", "p"]
     assert config.input_mean == [0.80, 0.0, 0.0, 0.0]
@@ -196,8 +198,10 @@ def test_auto_classes_load_our_checkpoints(tmp_path: Path):
     assert isinstance(AutoModel.from_pretrained(tmp_path), ScOT)
 
 
-def test_legacy_bin_checkpoint_loads(tmp_path: Path, fixtures_dir: Path):
-    folder = fixtures_dir / "scot-tiny"
+def test_legacy_bin_checkpoint_loads(tmp_path: Path):
+    from conftest import fixture_folder
+
+    folder = fixture_folder("scot-mini")
     torch.save(load_file(folder / "model.safetensors"), tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
     io = load_file(folder / "io.safetensors")
@@ -247,9 +251,11 @@ def test_bad_inputs_get_clear_errors():
         model(pixel_values=x, time=torch.tensor([0.1, float("inf")]))
 
 
-def test_checkpoint_of_another_size_is_refused(tmp_path: Path, fixtures_dir: Path):
-    (tmp_path / "model.safetensors").write_bytes((fixtures_dir / "scot-t-narrow" / "model.safetensors").read_bytes())
-    (tmp_path / "config.json").write_text((fixtures_dir / "scot-tiny" / "config.json").read_text())
+def test_checkpoint_of_another_size_is_refused(tmp_path: Path):
+    from conftest import fixture_folder
+
+    (tmp_path / "model.safetensors").write_bytes((fixture_folder("scot-3stage") / "model.safetensors").read_bytes())
+    (tmp_path / "config.json").write_text((fixture_folder("scot-mini") / "config.json").read_text())
     with pytest.raises(ValueError, match=r"do not fit the scOT config.*checkpoint \(\d+.*\) vs config \(\d+"):
         ScOT.from_pretrained(tmp_path)
 
@@ -416,6 +422,7 @@ def test_bf16_parameters_run_with_fp32_statistics():
     assert (out.float() - ref).abs().max() / ref.abs().max() < 0.05
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_eager_outputs():
     # Two stages keep every path of a stage (shifted windows, masks, skips, merging) at a quarter of the graph:
     # compile time grows with the number of blocks.

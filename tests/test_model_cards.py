@@ -21,9 +21,40 @@ from model_cards import collect_run, render_dataset_card, render_model_card
 
 
 @pytest.fixture(scope="module")
-def run_dir(demo_run) -> Path:
-    """The pretraining run of the README demo (shared with test_demo: one demo run for the whole suite)."""
-    return demo_run[0] / "pretrain"
+def run_dir(tmp_path_factory) -> Path:
+    """A small pretraining run (NS-Sines + CE-RP at 16 x 16, 8 steps) with the demo's prediction plot: what a card
+    renders from, built in this process in seconds."""
+    import importlib.util
+
+    from foundation.pdes import generate
+    from pretrain.config import DataArguments, ModelArguments, TrainArguments
+    from pretrain.trainer import Pretrainer
+
+    out = tmp_path_factory.mktemp("run")
+    corpora = [
+        generate(pde, 8, 16, out / "data" / f"{pde}.h5", snapshots=4, seed=k, batch=8, progress=False)
+        for k, pde in enumerate(["ns-sines", "ce-rp"])
+    ]
+    data = DataArguments(datasets=[str(p) for p in corpora], channels=["rho", "u", "v", "p"], eval_pairs=16)
+    train = TrainArguments(
+        output_dir=str(out / "pretrain"),
+        max_steps=8,
+        batch_size=4,
+        warmup_steps=2,
+        eval_every=0,
+        save_every=8,
+        keep_last=1,
+        tracker="none",
+        resume=False,
+    )
+    trainer = Pretrainer(ModelArguments(preset="tiny"), data, train)
+    result = trainer.train()
+    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "launch" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    model = ScOT.from_pretrained(result["model"]).eval()
+    demo.plot_predictions(model, trainer.val_set, out / "pretrain" / "predictions.png")
+    return out / "pretrain"
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -114,16 +145,19 @@ def test_render_of_an_unfinished_run_is_a_clear_error(tmp_path: Path):
     assert proc.returncode == 2 and "not a finished run" in proc.stderr
 
 
-def test_official_checkpoint_saved_in_our_format_loses_nothing(fixtures_dir: Path, tmp_path: Path):
-    official = ScOT.from_pretrained(fixtures_dir / "scot-tiny").eval()
+def test_official_checkpoint_saved_in_our_format_loses_nothing(tmp_path: Path):
+    from conftest import fixture_folder
+
+    fixtures_dir = fixture_folder("scot-mini").parent
+    official = ScOT.from_pretrained(fixtures_dir / "scot-mini").eval()
     official.save_pretrained(tmp_path / "ours")
     ours = ScOT.from_pretrained(tmp_path / "ours").eval()
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "scot"
-    reference = load_file(fixtures_dir / "scot-tiny" / "model.safetensors")
+    reference = load_file(fixtures_dir / "scot-mini" / "model.safetensors")
     saved = load_file(tmp_path / "ours" / "model.safetensors")
     assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in reference)
     assert ours.config.channel_names == ["rho", "u", "v", "p"] and ours.config.input_std[3] == 0.185
-    io = load_file(fixtures_dir / "scot-tiny" / "io.safetensors")
+    io = load_file(fixtures_dir / "scot-mini" / "io.safetensors")
     with torch.no_grad():
         assert torch.equal(
             ours(pixel_values=io["input_32"], time=io["time_32"]).output,
@@ -131,8 +165,10 @@ def test_official_checkpoint_saved_in_our_format_loses_nothing(fixtures_dir: Pat
         )
 
 
-def test_corrupt_weights_and_bad_statistics_name_the_file(fixtures_dir: Path, tmp_path: Path):
-    source = fixtures_dir / "scot-tiny"
+def test_corrupt_weights_and_bad_statistics_name_the_file(tmp_path: Path):
+    from conftest import fixture_folder
+
+    source = fixture_folder("scot-mini")
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     shutil.copy(source / "config.json", truncated / "config.json")

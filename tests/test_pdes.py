@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -205,47 +203,16 @@ def test_generate_refuses_to_overwrite_and_leaves_nothing_when_killed(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
 
 
-def test_cli_generate_and_clear_errors(tmp_path: Path):
+def test_cli_generate_and_clear_errors(tmp_path: Path, capsys):
+    from foundation.pdes.__main__ import main
+
     out = tmp_path / "p.h5"
-    cmd = [
-        sys.executable,
-        "-m",
-        "foundation.pdes",
-        "generate",
-        "--pde",
-        "poisson-gauss",
-        "--n",
-        "3",
-        "--resolution",
-        "16",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+    argv = ["generate", "--pde", "poisson-gauss", "--n", "3", "--resolution", "16", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
     assert open_source(out).info.steady
-    bad = subprocess.run(
-        [*cmd[:-3], "--param", "cfl=3", "--out", str(tmp_path / "q.h5")], capture_output=True, text=True, timeout=120
-    )
-    assert bad.returncode == 2 and "unknown parameters ['cfl']" in bad.stderr and "Traceback" not in bad.stderr
-    unknown = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "foundation.pdes",
-            "generate",
-            "--pde",
-            "ns-foo",
-            "--n",
-            "1",
-            "--resolution",
-            "16",
-            "--out",
-            str(tmp_path / "r.h5"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert unknown.returncode == 2 and "unknown PDE family 'ns-foo'" in unknown.stderr
+    capsys.readouterr()
+    assert main([*argv[:-3], "--param", "cfl=3", "--out", str(tmp_path / "q.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameters ['cfl']" in err and "Traceback" not in err
+    assert main(["generate", "--pde", "ns-foo", "--n", "1", "--resolution", "16", "--out", str(tmp_path / "r.h5")]) == 2
+    assert "unknown PDE family 'ns-foo'" in capsys.readouterr().err

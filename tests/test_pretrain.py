@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, multiprocess
 
 from foundation import ScOT
 from foundation.data import open_source
 from foundation.pdes import generate
 from pretrain.config import parse_args
 
+KILLED_RUN = REPO_ROOT / "tests" / "killed_run.py"  # stops a run after a step, as a kill would
 RECIPES = sorted((REPO_ROOT / "launch" / "recipes").glob("pretrain-*.yaml"))  # finetune-*: test_finetune
 
 
@@ -61,9 +62,13 @@ def _args(corpus, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _run(argv: list[str], launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(
+    argv: list[str], launcher: list[str] | None = None, timeout: int = 300, killed_after: int | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m pretrain ARGV` (under `launcher`); with `killed_after`, stopped abruptly after that step."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = (launcher or [sys.executable]) + ["-m", "pretrain", *argv]
+    entry = ["-m", "pretrain"] if killed_after is None else [str(KILLED_RUN), str(killed_after), "pretrain"]
+    cmd = (launcher or [sys.executable]) + entry + argv
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -83,13 +88,33 @@ def _accelerate(config: str) -> list[str]:
     ]
 
 
-def test_single_process_run_resumes_exactly_and_exports(corpus, tmp_path: Path):
+class _Killed(Exception):
+    """Raised by a callback to stop an in-process run after a step, as a kill would (no export, nothing flushed)."""
+
+
+def _in_process(argv: list[str], killed_after: int | None = None) -> int:
+    """`python -m pretrain ARGV` in this process (no interpreter start-up); optionally stopped after a step."""
+    from pretrain.__main__ import main
+
+    def kill(state) -> None:
+        if killed_after is not None and state.step >= killed_after:
+            raise _Killed
+
+    try:
+        return main(argv, callbacks=[kill])
+    except _Killed:
+        return -9
+
+
+@pytest.mark.slow
+def test_single_process_run_resumes_exactly_and_exports(corpus, tmp_path: Path, capsys):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _run(_args(corpus, straight))
-    _run(_args(corpus, killed, "--stop_after", "5"))  # "killed" after step 5: last checkpoint is step 3
+    assert _in_process(_args(corpus, straight)) == 0
+    assert _in_process(_args(corpus, killed), killed_after=5) == -9  # killed after step 5: last checkpoint step 3
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-0000003"]
-    proc = _run(_args(corpus, killed))
-    assert "resumed from" in proc.stdout + proc.stderr
+    capsys.readouterr()
+    assert _in_process(_args(corpus, killed)) == 0
+    assert "resumed from" in "".join(capsys.readouterr())
     reference, resumed = _losses(straight), _losses(killed)
     assert len(reference) == len(resumed) == 8
     assert resumed == reference  # the resumed loss curve is the uninterrupted one, bit for bit
@@ -106,21 +131,44 @@ def test_single_process_run_resumes_exactly_and_exports(corpus, tmp_path: Path):
     )
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_two_processes_train_resume_and_export(corpus, tmp_path: Path, stage: int):
-    launcher = _accelerate(f"cpu-2proc-zero{stage}.yaml")
+@multiprocess
+def test_deepspeed_zero3_two_processes_train_resume_and_export(corpus, tmp_path: Path):
+    launcher = _accelerate("cpu-2proc-zero3.yaml")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = _run(_args(corpus, straight), launcher)
     assert "2 process(es), DEEPSPEED" in proc.stdout + proc.stderr
     ckpt = straight / "checkpoints" / "step-0000008"
     assert any("zero" in p.name or "optim_states" in p.name for p in ckpt.rglob("*")), "sharded DeepSpeed state"
-    _run(_args(corpus, killed, "--stop_after", "4"), launcher)
+    _run(_args(corpus, killed), launcher, killed_after=4)
     _run(_args(corpus, killed), launcher)
     assert _losses(killed) == pytest.approx(_losses(straight), rel=1e-6, abs=1e-7)
     model = ScOT.from_pretrained(straight / "model")  # consolidated from the shards (ZeRO-3) by the export
     assert all(torch.isfinite(p).all() for p in model.parameters())
     x = torch.randn(1, 4, 16, 16)
     assert model(pixel_values=x, time=torch.tensor([0.5])).output.shape == x.shape
+
+
+@multiprocess
+def test_deepspeed_zero2_bf16_two_processes(corpus, tmp_path: Path):
+    proc = _run(
+        _args(corpus, tmp_path / "ds", "--precision", "bf16", "--max_steps", "3", "--save_every", "0"),
+        _accelerate("cpu-2proc-zero2.yaml"),
+    )
+    assert (
+        "2 process(es), DEEPSPEED" in proc.stdout + proc.stderr and "DeepSpeed bf16 engine" in proc.stdout + proc.stderr
+    )
+    losses = _losses(tmp_path / "ds")
+    assert len(losses) == 3 and all(0 < v < 10 for v in losses)
+    assert ScOT.from_pretrained(tmp_path / "ds" / "model").dtype == torch.float32  # exported in fp32
+
+
+@pytest.mark.slow
+def test_bf16_autocast_and_gradient_checkpointing_in_one_process(corpus, tmp_path: Path):
+    single = tmp_path / "gc"
+    extra = ["--precision", "bf16", "--gradient_checkpointing", "true", "--max_steps", "3"]
+    _run(_args(corpus, single, *extra))  # its own process: accelerate's precision is a process-wide singleton
+    assert all(0 < v < 10 for v in _losses(single))
+    assert ScOT.from_pretrained(single / "model").dtype == torch.float32
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
@@ -147,7 +195,8 @@ def test_recipe_typos_and_bad_values_are_refused(tmp_path: Path, capsys):
     assert "--precision must be fp32 or bf16" in capsys.readouterr().err
 
 
-def test_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint(tmp_path: Path):
+@pytest.mark.slow
+def test_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint(tmp_path: Path, capsys):
     folder = tmp_path / "data"
     ns = generate("ns-sines", 6, 16, folder / "ns.h5", snapshots=4, seed=0, batch=6, progress=False)
     out = tmp_path / "run"
@@ -175,86 +224,85 @@ def test_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint(tmp_p
         "--max_nonfinite_steps",
         "2",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pretrain", *argv], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env
-    )
-    assert proc.returncode == 3 and "2 non-finite losses in a row" in proc.stderr and "Traceback" not in proc.stderr
+    assert _in_process(argv) == 3
+    err = capsys.readouterr().err
+    assert "2 non-finite losses in a row" in err and "Traceback" not in err
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000001"]
     assert (out / "checkpoints" / "step-0000001" / "trainer_state.json").exists()
 
 
-def test_missing_dataset_is_a_one_line_error(tmp_path: Path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pretrain",
-            "--datasets",
-            str(tmp_path / "nope.h5"),
-            "--tracker",
-            "none",
-            "--output_dir",
-            str(tmp_path / "run"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env=env,
-    )
-    assert proc.returncode == 2 and "nope.h5: no such file" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_dataset_is_a_one_line_error(tmp_path: Path, capsys):
+    argv = ["--datasets", str(tmp_path / "nope.h5"), "--tracker", "none", "--output_dir", str(tmp_path / "run")]
+    assert _in_process(argv) == 2
+    err = capsys.readouterr().err
+    assert "nope.h5: no such file" in err and "Traceback" not in err
 
 
-def test_ddp_two_cpu_processes_are_synchronised(corpus, tmp_path: Path):
-    out = tmp_path / "ddp"
-    proc = _run(_args(corpus, out, "--stop_after", "3"), _accelerate("cpu-2proc-ddp.yaml"))
-    assert "2 process(es), MULTI_CPU" in proc.stdout + proc.stderr
-    assert json.loads((out / "result.json").read_text())["processes"] == 2
-
-
-def test_bf16_deepspeed_and_gradient_checkpointing_runs(corpus, tmp_path: Path):
-    proc = _run(
-        _args(corpus, tmp_path / "ds", "--precision", "bf16", "--max_steps", "3", "--save_every", "0"),
-        _accelerate("cpu-2proc-zero2.yaml"),
-    )
-    assert "DeepSpeed bf16 engine" in proc.stdout + proc.stderr
-    losses = _losses(tmp_path / "ds")
-    assert len(losses) == 3 and all(0 < v < 10 for v in losses)
-    assert ScOT.from_pretrained(tmp_path / "ds" / "model").dtype == torch.float32
-    single = tmp_path / "gc"
-    _run(_args(corpus, single, "--precision", "bf16", "--gradient_checkpointing", "true", "--max_steps", "3"))
-    model = ScOT.from_pretrained(single / "model")
-    assert model.dtype == torch.float32  # exported in fp32 whatever the training precision
-
-
-def test_full_fine_tuning_of_a_published_checkpoint(fixtures_dir: Path, tmp_path: Path):
+@pytest.mark.slow
+def test_full_fine_tuning_of_a_published_checkpoint(tmp_path: Path):
     """`--init_from` a Poseidon-layout checkpoint continues training all weights on new data (same channels)."""
+    from conftest import fixture_folder
+
+    published = fixture_folder("scot-mini")  # the published layout, kept with the tests
     data = generate("ce-rp", 6, 32, tmp_path / "ce.h5", snapshots=4, seed=0, batch=6, progress=False)
     out = tmp_path / "ft"
-    _run(
-        [
-            "--init_from",
-            str(fixtures_dir / "scot-tiny"),
-            "--datasets",
-            str(data),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "3",
-            "--batch_size",
-            "4",
-            "--tracker",
-            "none",
-            "--eval_pairs",
-            "4",
-        ]
-    )
+    argv = ["--init_from", str(published), "--datasets", str(data), "--output_dir", str(out), "--max_steps", "3"]
+    assert _in_process(argv + ["--batch_size", "4", "--tracker", "none", "--eval_pairs", "4"]) == 0
     tuned = ScOT.from_pretrained(out / "model")
-    base = ScOT.from_pretrained(fixtures_dir / "scot-tiny")
+    base = ScOT.from_pretrained(published)
     assert tuned.config.channel_names == base.config.channel_names == ["rho", "u", "v", "p"]
     changed = [k for k, v in base.state_dict().items() if not torch.equal(v, tuned.state_dict()[k])]
     assert len(changed) == len(base.state_dict())  # every tensor was trained
     stats = open_source(data).info  # the config now describes the data the weights were tuned on
     assert tuned.config.input_mean == pytest.approx(stats.mean) and tuned.config.time_scale == stats.time_scale
+
+
+def test_no_host_sync_on_a_step_that_neither_logs_evaluates_nor_saves(corpus, tmp_path: Path):
+    """Reading a tensor on the host (item, tolist, bool, float, ...) serialises a GPU pipeline: the loop may do it
+    on logging, evaluation and checkpoint steps only. A TorchFunctionMode sees every such call the training code
+    makes (the data pipeline, which reads numpy on the host by design, is left out)."""
+    from torch.overrides import TorchFunctionMode
+
+    from pretrain.config import DataArguments, ModelArguments, TrainArguments
+    from pretrain.trainer import Pretrainer
+
+    reads = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__}
+    reads |= {torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy}
+
+    class HostReads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.step, self.seen = 1, []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in reads:
+                frame, data = sys._getframe(1), False
+                while frame is not None and not data:
+                    data = any(part in frame.f_code.co_filename for part in ("torch/utils/data", "foundation/data"))
+                    frame = frame.f_back
+                if not data:
+                    self.seen.append((self.step, func.__name__))
+            return func(*args, **(kwargs or {}))
+
+    args = TrainArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=8,
+        batch_size=4,
+        log_every=4,
+        eval_every=0,
+        save_every=0,
+        max_nonfinite_steps=100,
+        warmup_steps=1,
+        tracker="none",
+    )
+    trainer = Pretrainer(ModelArguments(preset="tiny"), DataArguments(datasets=[str(corpus[0])], eval_pairs=4), args)
+    watch = HostReads()
+
+    def next_step(state) -> None:
+        watch.step = state.step + 1
+
+    with watch:
+        trainer.train(callbacks=[next_step])
+    quiet_steps = {(step, name) for step, name in watch.seen if step % 4 and step <= 8}
+    assert not quiet_steps, f"host reads on steps that neither log, evaluate nor save: {sorted(quiet_steps)}"
+    assert {step for step, _ in watch.seen if step <= 8} == {4, 8}  # the logging steps do read: the watch works
