@@ -348,17 +348,17 @@ def test_generator_specs_and_config_errors():
 def test_cli_fine_tunes_evaluates_and_refuses_bad_input(base_dir, tmp_path):
     spec = "pde:wave-gauss:n=12,resolution=16,snapshots=4,seed=5"
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "finetune", "--init_from", str(base_dir), "--datasets", spec, "--strategy", "head"]
-    cmd += ["--max_steps", "5", "--batch_size", "4", "--output_dir", str(out), "--tracker", "none", "--eval_pairs", "8"]
-    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    from finetune.__main__ import main as finetune_main
+    from finetune.evaluate import main as evaluate_main
+
+    argv = ["--init_from", str(base_dir), "--datasets", spec, "--strategy", "head", "--max_steps", "5"]
+    argv += ["--batch_size", "4", "--output_dir", str(out), "--tracker", "none", "--eval_pairs", "8"]
+    assert finetune_main(argv) == 0  # in this process: the CLI's parse -> build -> run, without interpreter start-up
     assert (tmp_path / "data" / "wave-gauss-n12-r16-s4-seed5.h5").exists()  # generated once, beside the runs
 
     eval_out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "finetune.evaluate", "--model", str(out / "model"), "--datasets", spec]
-    cmd += ["--out", str(eval_out), "--max_pairs", "16", "--rollout_trajectories", "2"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    argv = ["--model", str(out / "model"), "--datasets", spec, "--out", str(eval_out), "--max_pairs", "16"]
+    assert evaluate_main(argv + ["--rollout_trajectories", "2"]) == 0
     result = json.loads((eval_out / "evaluation.json").read_text())
     for key in ("median_rel_l1/u", "mean_rel_l1/u", "median_rel_l2/u", "mean_rel_l2/u"):
         assert 0 < result[key] < 1e4

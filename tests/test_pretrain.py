@@ -17,7 +17,6 @@ from foundation.data import open_source
 from foundation.pdes import generate
 from pretrain.config import parse_args
 
-KILLED_RUN = REPO_ROOT / "tests" / "killed_run.py"  # stops a run after a step, as a kill would
 RECIPES = sorted((REPO_ROOT / "launch" / "recipes").glob("pretrain-*.yaml"))  # finetune-*: test_finetune
 
 
@@ -62,13 +61,10 @@ def _args(corpus, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _run(
-    argv: list[str], launcher: list[str] | None = None, timeout: int = 300, killed_after: int | None = None
-) -> subprocess.CompletedProcess:
-    """`python -m pretrain ARGV` (under `launcher`); with `killed_after`, stopped abruptly after that step."""
+def _run(argv: list[str], launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m pretrain ARGV`, under `launcher` if given."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)}
-    entry = ["-m", "pretrain"] if killed_after is None else [str(KILLED_RUN), str(killed_after), "pretrain"]
-    cmd = (launcher or [sys.executable]) + entry + argv
+    cmd = (launcher or [sys.executable]) + ["-m", "pretrain", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -133,15 +129,21 @@ def test_single_process_run_resumes_exactly_and_exports(corpus, tmp_path: Path, 
 
 @multiprocess
 def test_deepspeed_zero3_two_processes_train_resume_and_export(corpus, tmp_path: Path):
+    """Two launches: an uninterrupted run, then a run resumed from the ZeRO-3 checkpoint the first one saved at step
+    6 (sharded state, sampler position), which must continue the first run's loss curve."""
+    import shutil
+
     launcher = _accelerate("cpu-2proc-zero3.yaml")
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = _run(_args(corpus, straight), launcher)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = _run(_args(corpus, straight), launcher)  # 8 steps, checkpoints every 3, the last 2 kept: steps 6 and 8
     assert "2 process(es), DEEPSPEED" in proc.stdout + proc.stderr
     ckpt = straight / "checkpoints" / "step-0000008"
     assert any("zero" in p.name or "optim_states" in p.name for p in ckpt.rglob("*")), "sharded DeepSpeed state"
-    _run(_args(corpus, killed), launcher, killed_after=4)
-    _run(_args(corpus, killed), launcher)
-    assert _losses(killed) == pytest.approx(_losses(straight), rel=1e-6, abs=1e-7)
+    shutil.copytree(straight / "checkpoints" / "step-0000006", resumed / "checkpoints" / "step-0000006")
+    shutil.copy(straight / "losses.jsonl", resumed / "losses.jsonl")  # entries past the checkpoint are dropped
+    proc = _run(_args(corpus, resumed), launcher)
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert _losses(resumed) == pytest.approx(_losses(straight), rel=1e-6, abs=1e-7)
     model = ScOT.from_pretrained(straight / "model")  # consolidated from the shards (ZeRO-3) by the export
     assert all(torch.isfinite(p).all() for p in model.parameters())
     x = torch.randn(1, 4, 16, 16)
