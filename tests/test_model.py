@@ -386,6 +386,7 @@ def test_naive_attention_path_gives_the_same_outputs():
 def test_window_geometry_is_cached_per_grid_and_device():
     model = tiny(input_resampling="none")
     x, t = batch(h=44, w=28)
+    _GEOMETRY_CACHE.clear()  # the cache is process-wide: earlier tests in this worker may have filled any grid
     with torch.no_grad():
         model(pixel_values=x, time=t)
         size = len(_GEOMETRY_CACHE)
