@@ -100,7 +100,8 @@ def main() -> None:
         roots = {"ours": ROOT}
         if args.compare:
             theirs = Path(tmp) / "theirs"
-            subprocess.run(["git", "worktree", "add", "--detach", str(theirs), args.compare], cwd=ROOT, check=True)
+            add = ["git", "worktree", "add", "--detach", str(theirs), args.compare]
+            subprocess.run(add, cwd=ROOT, check=True, capture_output=True)  # stdout holds only the JSON
             roots[args.compare] = theirs
         try:
             for size in args.sizes:
@@ -129,7 +130,8 @@ def main() -> None:
                         )
         finally:
             if args.compare:
-                subprocess.run(["git", "worktree", "remove", "--force", str(theirs)], cwd=ROOT, check=False)
+                remove = ["git", "worktree", "remove", "--force", str(theirs)]
+                subprocess.run(remove, cwd=ROOT, check=False, capture_output=True)
     report = {
         "benchmark": "pretrain_step",
         "device": "cuda" if torch.cuda.is_available() else "cpu",
