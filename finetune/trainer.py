@@ -21,7 +21,7 @@ from foundation.compat import whole_weights_under_zero3
 from foundation.data import All2AllPairs, Mixture
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
 from pretrain.loop import TrainState, run
-from pretrain.trainer import PreparedRun, build_accelerator, build_data
+from pretrain.trainer import PreparedRun, RunView, build_accelerator, build_data
 
 from . import refiner
 from .config import FinetuneArguments, check
@@ -36,7 +36,7 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int | float]:
     return {"trainable": trainable, "total": total, "trainable_fraction": round(trainable / max(total, 1), 6)}
 
 
-class Finetuner:
+class Finetuner(RunView):
     """One fine-tuning run (see `finetune.strategies` for the strategies)."""
 
     tag = "finetune"
@@ -80,27 +80,7 @@ class Finetuner:
             f"{self.strategy.describe(train_args.max_steps)} ({100 * info['trainable_fraction']:.2f}%)"
         )
 
-    # ------------------------------------------------------------------ what tests and the demo look at
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.run.model
-
-    @property
-    def optimizer(self):
-        return self.run.optimizer
-
-    @property
-    def config(self):
-        return self.run.config
-
-    @property
-    def train_set(self) -> Mixture:
-        return self.run.data.train_set
-
-    @property
-    def val_set(self) -> Mixture:
-        return self.run.data.val_set
-
+    # ------------------------------------------------------------------ held-out pairs
     def held_out(self, split: str) -> Mixture:
         """All2all pairs of `split` of the run's sources, normalised as the training pairs."""
         data, args = self.run.data, self.run.data_args

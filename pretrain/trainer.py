@@ -38,6 +38,7 @@ __all__ = [
     "NonFiniteLoss",
     "PreparedRun",
     "Pretrainer",
+    "RunView",
     "TrainData",
     "build_accelerator",
     "build_data",
@@ -510,7 +511,33 @@ class PreparedRun:
         return folder
 
 
-class Pretrainer:
+class RunView:
+    """What callers (tests, the demo, studies) read of a built run, for the classes that hold a `PreparedRun`."""
+
+    run: PreparedRun
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    @property
+    def optimizer(self):
+        return self.run.optimizer
+
+    @property
+    def config(self) -> ScOTConfig:
+        return self.run.config
+
+    @property
+    def train_set(self) -> Mixture:
+        return self.run.data.train_set
+
+    @property
+    def val_set(self) -> Mixture:
+        return self.run.data.val_set
+
+
+class Pretrainer(RunView):
     """One pretraining run: build the parts, train (resuming if a checkpoint exists), evaluate, export."""
 
     tag = "pretrain"
@@ -531,22 +558,6 @@ class Pretrainer:
             accelerator, model, [{"params": trainable}], data, model_args, data_args, train_args, self.tag
         )
         self.accelerator, self.args = accelerator, train_args
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.run.model
-
-    @property
-    def config(self) -> ScOTConfig:
-        return self.run.config
-
-    @property
-    def train_set(self) -> Mixture:
-        return self.run.data.train_set
-
-    @property
-    def val_set(self) -> Mixture:
-        return self.run.data.val_set
 
     def evaluate(self, breakdown: bool = False) -> dict:
         return self.run.evaluate(breakdown)
