@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.data import DataError
+from foundation.evaluation import HEADLINE
 from pretrain.config import DataArguments, ModelArguments, OptionError, TrainArguments, check_range, parse_dataclasses
 
 from .config import FinetuneArguments, check
@@ -34,7 +35,7 @@ from .config import FinetuneArguments, check
 class StudyArguments:
     n: list[int] = field(default_factory=lambda: [2, 4, 8, 16], metadata={"help": "Training trajectory counts."})
     scratch_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the scratch runs."})
-    metric: str = field(default="median_rel_l1/mean", metadata={"help": "Evaluation key compared."})
+    metric: str = field(default=HEADLINE, metadata={"help": "Evaluation key compared (foundation.evaluation)."})
 
     def __post_init__(self):
         check_range(self, "n", low=1)

@@ -1,4 +1,5 @@
-"""Evaluation metrics as in the reference: per-sample relative L1 (in %) per channel group, median over samples."""
+"""The reference's metric: per-sample relative Lp error (in %) per channel group. Summaries, spaces and rollouts
+are `foundation.evaluation`'s."""
 
 from __future__ import annotations
 
@@ -27,17 +28,3 @@ def relative_error_per_sample(
         err = (num / (den + eps)).pow(1.0 / p) * 100.0
         out.append(torch.where(w.sum(-1) > 0, err, torch.full_like(err, float("nan"))))
     return torch.stack(out, dim=-1)
-
-
-def median_over_samples(errors: Tensor) -> Tensor:
-    """(G,) median over samples of (N, G) errors, ignoring NaN (groups a sample lacks)."""
-    return torch.nanmedian(errors, dim=0).values
-
-
-def summary(errors: Tensor, group_names: list[str]) -> dict[str, float]:
-    """Median relative error per group and their mean (the reference's headline number), in %."""
-    medians = median_over_samples(errors)
-    out = {f"median_rel_l1/{name}": float(m) for name, m in zip(group_names, medians) if not torch.isnan(m)}
-    present = medians[~torch.isnan(medians)]
-    out["median_rel_l1/mean"] = float(present.mean()) if len(present) else float("nan")
-    return out

@@ -1,9 +1,11 @@
-"""Plots shared by the demo, pretraining and evaluation: rows of field panels (input, truth, prediction, error)."""
+"""Plots shared by the demo, pretraining and evaluation: rows of field panels (input, truth, prediction, error),
+and the figures of an evaluation (`foundation.evaluation`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from torch import Tensor
 
 
@@ -25,3 +27,50 @@ def field_rows(rows: list[tuple[str, list[Tensor], list[str]]], path: str | Path
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def evaluation_plots(out: Path, samples, result: dict, config) -> list[str]:
+    """samples.png (input, truth, prediction, error), rollout.png and spectra.png of an evaluation result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    names = config.output_channel_names
+    rows = []
+    for x, truth, pred, lead in samples:
+        for c, name in enumerate(names):
+            ci = config.channel_names.index(name) if name in config.channel_names else 0
+            panels = [x[ci], truth[c], pred[c], pred[c] - truth[c]]
+            rows.append((name, panels, ["input (normalised)", f"truth (lead {lead:.2f})", "prediction", "error"]))
+    field_rows(rows, out / "samples.png")
+    written.append("samples.png")
+
+    if result["rollout"]:
+        leads = [float(t) for t in result["rollout"]]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for kind in ("direct", "autoregressive"):
+            ax.plot(leads, [v[kind] for v in result["rollout"].values()], "o-", label=kind)
+        ax.set_xlabel("lead time")
+        ax.set_ylabel("median relative L1 (%)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "rollout.png", dpi=80)
+        plt.close(fig)
+        written.append("rollout.png")
+
+    spectra = result["spectra"]
+    k = spectra["wavenumber"][1:]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, c in zip(axes[0], names):
+        for kind in ("truth", "prediction", "error"):
+            ax.loglog(k, np.maximum(spectra[f"{kind}/{c}"][1:], 1e-30), label=kind)
+        ax.set_title(c)
+        ax.set_xlabel("|k|")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "spectra.png", dpi=80)
+    plt.close(fig)
+    written.append("spectra.png")
+    return written

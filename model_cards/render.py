@@ -15,6 +15,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from foundation.evaluation import HEADLINE, metric_key
+
 MODEL_TEMPLATE = """---
 {{ card_data }}
 ---
@@ -46,7 +48,7 @@ at time t to its state at t + lead time. {{ summary }}
 ## Evaluation
 
 Median over validation pairs of the per-sample relative L1 error (%), per channel group, then averaged over
-groups (the Poseidon metric).
+groups (the Poseidon metric), on normalised fields (each channel scaled by the statistics the model carries).
 
 {{ eval_table }}
 {{ lead_table }}
@@ -177,10 +179,14 @@ def render_model_card(
     train = args.get("train", {})
     name = repo_id.split("/")[-1]
     size = _size_name(config)
-    groups = [k.split("/", 1)[1] for k in metrics if k.startswith("median_rel_l1/") and k != "median_rel_l1/mean"]
+    # validation metrics are on normalised fields (foundation.evaluation names the space in every key)
+    median = metric_key("median", 1, "normalised", "")
+    groups = [k[len(median) :] for k in metrics if k.startswith(median) and k != median + "mean"]
     eval_results = []
     for dataset, values in (metrics.get("by_dataset") or {}).items():
-        for group, value in values.items():
+        for group in groups + ["mean"]:
+            if median + group not in values:
+                continue
             eval_results.append(
                 EvalResult(
                     task_type="time-series-forecasting",
@@ -189,19 +195,19 @@ def render_model_card(
                     dataset_name=dataset,
                     dataset_split="validation",
                     metric_type="median_relative_l1",
-                    metric_name=f"median relative L1 (%) {group.split('/', 1)[1]}",
-                    metric_value=round(value, 3),
+                    metric_name=f"median relative L1 (%, normalised) {group}",
+                    metric_value=round(values[median + group], 3),
                 )
             )
-    if not eval_results and "median_rel_l1/mean" in metrics:
+    if not eval_results and median + "mean" in metrics:
         eval_results.append(
             EvalResult(
                 task_type="time-series-forecasting",
                 dataset_type="validation",
                 dataset_name="validation pairs",
                 metric_type="median_relative_l1",
-                metric_name="median relative L1 (%)",
-                metric_value=round(metrics["median_rel_l1/mean"], 3),
+                metric_name="median relative L1 (%, normalised)",
+                metric_value=round(metrics[median + "mean"], 3),
             )
         )
     datasets = [d.get("provenance", {}).get("source") or Path(d["spec"].split(":")[-1]).stem for d in meta["datasets"]]
@@ -259,22 +265,16 @@ def render_model_card(
         procedure += "\n" + how
     eval_rows = ["| dataset | " + " | ".join(groups) + " | mean |", "|---|" + "---|" * (len(groups) + 1)]
     for dataset, values in (metrics.get("by_dataset") or {"all": metrics}).items():
-        cells = [f"{values[f'median_rel_l1/{g}']:.2f}" if f"median_rel_l1/{g}" in values else "-" for g in groups]
-        eval_rows.append(f"| {dataset} | " + " | ".join(cells) + f" | {values.get('median_rel_l1/mean', 0):.2f} |")
+        cells = [f"{values[median + g]:.2f}" if median + g in values else "-" for g in groups]
+        eval_rows.append(f"| {dataset} | " + " | ".join(cells) + f" | {values.get(median + 'mean', 0):.2f} |")
     leads = metrics.get("by_lead_time") or {}
     lead_table = ""
     if leads:
         lead_table = (
             "\n| lead time | " + " | ".join(leads) + " |\n|---|" + "---|" * len(leads) + "\n| mean median "
-            "rel. L1 (%) | " + " | ".join(f"{v:.2f}" for v in leads.values()) + " |\n"
+            "rel. L1 (%) | " + " | ".join(f"{v[median + 'mean']:.2f}" for v in leads.values()) + " |\n"
         )
-    rollout = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("rollout/")}
-    if rollout:
-        lead_table += (
-            "\nTo the last snapshot: one direct call "
-            f"{rollout.get('direct_final_median_rel_l1', float('nan')):.2f}% vs autoregressive rollout "
-            f"{rollout.get('rollout_final_median_rel_l1', float('nan')):.2f}%.\n"
-        )
+    lead_table += _rollout_table(metrics.get("rollout"), "validation trajectories, normalised fields")
     lead_table += _evaluation_section(meta.get("evaluation"), result)
     if meta.get("refined"):
         lead_table += (
@@ -323,32 +323,42 @@ def render_model_card(
     )
 
 
+def _rollout_table(rollout: dict | None, where: str) -> str:
+    """Direct vs autoregressive errors per lead time (`foundation.evaluation.rollout`)."""
+    if not rollout:
+        return ""
+    rows = [
+        f"\nFrom the first snapshot, {where}: one direct call per lead time vs an autoregressive rollout (one call "
+        "per snapshot interval, fed back).\n",
+        "| lead time | " + " | ".join(rollout) + " |",
+        "|---|" + "---|" * len(rollout),
+    ]
+    for kind in ("direct", "autoregressive"):
+        rows.append(f"| {kind} (median rel. L1 %) | " + " | ".join(f"{v[kind]:.2f}" for v in rollout.values()) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def _evaluation_section(evaluation: dict | None, result: dict) -> str:
     """Held-out results of a fine-tuning run (finetune.evaluate), with the refiner's before/after if any."""
     if not evaluation:
         return ""
-    names = [k.split("/", 1)[1] for k in evaluation if k.startswith("median_rel_l1/") and not k.endswith("/mean")]
+    median = metric_key("median", 1, "physical", "")
+    names = [k[len(median) :] for k in evaluation if k.startswith(median) and k != median + "mean"]
     rows = [
         f"\n### Held-out evaluation ({evaluation['split']} split, {evaluation['pairs']} pairs, physical units)\n",
         "| metric (%) | " + " | ".join(names) + " | mean |",
         "|---|" + "---|" * (len(names) + 1),
     ]
-    for metric in ("median_rel_l1", "mean_rel_l1", "median_rel_l2", "mean_rel_l2"):
-        cells = [f"{evaluation.get(f'{metric}/{n}', float('nan')):.2f}" for n in names + ["mean"]]
-        rows.append(f"| {metric.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    for stat, p in (("median", 1), ("mean", 1), ("median", 2), ("mean", 2)):
+        cells = [f"{evaluation.get(metric_key(stat, p, 'physical', n), float('nan')):.2f}" for n in names + ["mean"]]
+        rows.append(f"| {stat} rel. L{p} | " + " | ".join(cells) + " |")
     before = (result.get("evaluation") or {}).get("before_refiner")
     if before:
         rows.append(
-            f"\nSpectral-Refiner: median relative L1 {before.get('median_rel_l1/mean', float('nan')):.2f}% before "
-            f"refinement, {evaluation.get('median_rel_l1/mean', float('nan')):.2f}% after."
+            f"\nSpectral-Refiner: median relative L1 {before.get(HEADLINE, float('nan')):.2f}% before "
+            f"refinement, {evaluation.get(HEADLINE, float('nan')):.2f}% after."
         )
-    rollout = evaluation.get("rollout") or {}
-    if rollout:
-        rows.append("\n| lead time | " + " | ".join(rollout) + " |\n|---|" + "---|" * len(rollout))
-        for kind in ("direct", "autoregressive"):
-            rows.append(
-                f"| {kind} (median rel. L1 %) | " + " | ".join(f"{v[kind]:.2f}" for v in rollout.values()) + " |"
-            )
+    rows.append(_rollout_table(evaluation.get("rollout"), "held-out trajectories, physical fields"))
     for plot in evaluation.get("plots", []):
         rows.append(f"\n![{plot[:-4]}](evaluation/{plot})")
     return "\n".join(rows) + "\n"

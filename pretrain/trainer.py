@@ -29,7 +29,7 @@ from foundation import ScOT, ScOTConfig
 from foundation.compat import fused_adamw, skip_deepspeed_shm_comm
 from foundation.data import All2AllPairs, Mixture, RandomPairSampler, open_source
 from foundation.data.memory import keep_freed_memory
-from foundation.metrics import relative_error_per_sample, summary
+from foundation.evaluation import ErrorTable, dataset_names, group_names, pair_errors, rollout
 
 from .config import DataArguments, ModelArguments, TrainArguments
 from .loop import NonFiniteLoss, TrainParts, TrainState, run
@@ -150,11 +150,7 @@ class TrainData:
     @property
     def names(self) -> list[str]:
         """A short unique name per dataset, from the source's own name (file stem, folder or repo id)."""
-        names: list[str] = []
-        for source in self.sources:
-            stem = Path(str(source.info.name).rstrip("/")).stem or str(source.info.name)
-            names.append(stem if stem not in names else f"{stem}-{len(names)}")
-        return names
+        return dataset_names(self.sources)
 
 
 def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajectories: int | None = None) -> TrainData:
@@ -324,9 +320,7 @@ class PreparedRun:
         self.model_args, self.data_args, self.args = model_args, data_args, train_args
         self.out = Path(train_args.output_dir)
         self.config = model.config
-        groups = self.config.channel_slice_list_normalized_loss
-        names = self.config.output_channel_names
-        self.group_names = ["+".join(names[a:b]) for a, b in zip(groups[:-1], groups[1:])]
+        self.group_names = group_names(self.config)
         grid = data.sources[0].grid
         self.flops_per_sample = train_flops_per_sample(self.config, grid)
         self.peak = peak_flops(accelerator.device, train_args.precision, train_args.peak_tflops)
@@ -379,8 +373,8 @@ class PreparedRun:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, breakdown: bool = False) -> dict:
-        """Median relative L1 (%) per channel group on a fixed subset of validation pairs (all ranks together),
-        on normalised fields.
+        """`foundation.evaluation` on a fixed subset of validation pairs (all ranks together), normalised fields:
+        median relative L1 and L2 (%) per channel group and over groups.
 
         With `breakdown`, also per dataset and per lead time (under "by_dataset" / "by_lead_time"), for the
         model card.
@@ -389,79 +383,27 @@ class PreparedRun:
         model.eval()
         n = min(self.data_args.eval_pairs, len(val_set))
         picks = np.linspace(0, len(val_set) - 1, n).round().astype(int)[acc.process_index :: acc.num_processes]
-        per_rank = math.ceil(n / acc.num_processes)
-        # columns: one per channel group, then dataset index and lead time
-        errors = torch.full((per_rank, len(self.group_names) + 2), float("nan"), device=acc.device)
-        groups = self.config.channel_slice_list_normalized_loss
-        for start in range(0, len(picks), self.args.batch_size):
-            items = [val_set[int(k)] for k in picks[start : start + self.args.batch_size]]
-            batch = {k: torch.stack([it[k] for it in items]).to(acc.device) for k in items[0]}
-            pred = model(pixel_values=batch["pixel_values"], time=batch["time"]).output
-            rows = slice(start, start + len(items))
-            errors[rows, :-2] = relative_error_per_sample(
-                pred, batch["labels"], groups, channel_mask=batch["channel_mask"]
-            )
-            errors[rows, -2], errors[rows, -1] = batch["dataset"].float(), batch["time"].float()
-        gathered = acc.gather(errors).cpu()
-        gathered = gathered[~torch.isnan(gathered[:, :-2]).all(dim=1)]
+        table = pair_errors(model, val_set, picks, self.args.batch_size, "normalised", acc.device, config=self.config)
+        # equal row counts on every rank for the gather; NaN rows are padding, dropped after it
+        rows = torch.full((math.ceil(n / acc.num_processes), 2 * len(self.group_names) + 2), float("nan"))
+        rows[: len(picks)] = table.as_tensor()
+        table = ErrorTable.from_tensor(acc.gather(rows.to(acc.device)), len(self.group_names))
         model.train()
-        out: dict = summary(gathered[:, :-2], self.group_names)
+        out: dict = table.summary(self.group_names, "normalised", stats=("median",))
         if breakdown:
-            names = self.data.names
-            out["by_dataset"] = {
-                names[k]: summary(gathered[gathered[:, -2] == k][:, :-2], self.group_names)
-                for k in range(len(names))
-                if (gathered[:, -2] == k).any()
-            }
-            leads = torch.round(gathered[:, -1] * 100) / 100
-            out["by_lead_time"] = {
-                f"{float(t):.2f}": summary(gathered[leads == t][:, :-2], self.group_names)["median_rel_l1/mean"]
-                for t in torch.unique(leads)
-            }
-        return out
-
-    @torch.no_grad()
-    def rollout_check(self, trajectories: int = 2) -> dict[str, float]:
-        """Autoregressive rollout (one snapshot interval per call) vs one direct call, to the last snapshot.
-
-        Reported as the median relative L1 (%) at the final time over a few validation trajectories per
-        dataset; only for datasets whose inputs are the outputs (no static fields).
-        """
-        acc, model, val_set = self.accelerator, self.model, self.data.val_set
-        model.eval()
-        errors = {"direct": [], "rollout": []}
-        groups = self.config.channel_slice_list_normalized_loss
-        for k, part in enumerate(val_set.parts):
-            if part.source.info.static_names or part.source.info.steady or len(part.snapshots) < 3:
-                continue
-            pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
-            last = len(part.snapshots) - 1
-            for slot in range(min(trajectories, len(part.trajectories))):
-                base = slot * len(part.pattern)
-                direct = val_set.item(k, base + pattern[(0, last)])
-                device = acc.device
-                truth, mask = direct["labels"][None].to(device), direct["channel_mask"][None].to(device)
-                x = direct["pixel_values"][None].to(device)
-                fill = x.clone()
-                pred = model(pixel_values=x, time=direct["time"][None].to(device)).output
-                errors["direct"].append(relative_error_per_sample(pred, truth, groups, channel_mask=mask))
-                for step in range(last):
-                    one = val_set.item(k, base + pattern[(step, step + 1)])
-                    x = model(pixel_values=x, time=one["time"][None].to(device)).output
-                    x = torch.where(mask[:, :, None, None] > 0, x, fill)  # absent channels keep their fill
-                errors["rollout"].append(relative_error_per_sample(x, truth, groups, channel_mask=mask))
-        model.train()
-        out = {}
-        for name, values in errors.items():
-            if values:
-                out[f"{name}_final_median_rel_l1"] = float(torch.nanmedian(torch.cat(values)).cpu())
+            out["by_dataset"] = table.by_dataset(self.group_names, self.data.names, "normalised", stats=("median",))
+            out["by_lead_time"] = table.by_lead_time(self.group_names, "normalised", decimals=2, stats=("median",))
         return out
 
     def final_metrics(self) -> dict:
-        """Validation with breakdowns, plus the rollout check when outputs can be fed back as inputs."""
+        """Validation with breakdowns, plus the direct vs autoregressive rollout on a few validation trajectories
+        per dataset (normalised fields) when outputs can be fed back as inputs."""
         metrics = self.evaluate(breakdown=True)
-        if self.data.vocabulary == self.data.targets:
-            metrics.update({f"rollout/{k}": v for k, v in self.rollout_check().items()})
+        self.model.eval()
+        metrics["rollout"] = rollout(
+            self.model, self.data.val_set, 2, "normalised", self.accelerator.device, self.config
+        )
+        self.model.train()
         return metrics
 
     # ------------------------------------------------------------------ export

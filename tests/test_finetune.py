@@ -114,7 +114,7 @@ def test_full_strategy_uses_three_learning_rates_and_trains_everything(base_dir,
     assert np.mean(curve[-5:]) < 0.9 * np.mean(curve[:5])
     assert result["parameters"]["trainable"] == result["parameters"]["total"]
     evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
-    assert evaluation["split"] == "test" and evaluation["median_rel_l1/u"] > 0
+    assert evaluation["split"] == "test" and evaluation["median_rel_l1_physical/u"] > 0
 
 
 @pytest.mark.slow
@@ -360,7 +360,12 @@ def test_cli_fine_tunes_evaluates_and_refuses_bad_input(base_dir, tmp_path):
     argv = ["--model", str(out / "model"), "--datasets", spec, "--out", str(eval_out), "--max_pairs", "16"]
     assert evaluate_main(argv + ["--rollout_trajectories", "2"]) == 0
     result = json.loads((eval_out / "evaluation.json").read_text())
-    for key in ("median_rel_l1/u", "mean_rel_l1/u", "median_rel_l2/u", "mean_rel_l2/u"):
+    for key in (
+        "median_rel_l1_physical/u",
+        "mean_rel_l1_physical/u",
+        "median_rel_l2_physical/u",
+        "mean_rel_l2_physical/u",
+    ):
         assert 0 < result[key] < 1e4
     assert set(result["by_lead_time"]) == {"0.333", "0.667", "1.000"}
     assert result["rollout"]["1.000"]["direct"] > 0 and result["rollout"]["1.000"]["autoregressive"] > 0
@@ -439,7 +444,10 @@ def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
     run_args = json.loads((tmp_path / "n2-scratch" / "run_args.json").read_text())
     assert run_args["train"]["learning_rate"] == 2e-3 and run_args["train"]["max_steps"] == 10
     result = json.loads((tmp_path / "n6-finetuned" / "result.json").read_text())
-    assert result["from_scratch"] is False and result["evaluation"]["median_rel_l1/mean"] == report["finetuned"][1]
+    assert (
+        result["from_scratch"] is False
+        and result["evaluation"]["median_rel_l1_physical/mean"] == report["finetuned"][1]
+    )
     assert "| 2 |" in (tmp_path / "study.md").read_text() and (tmp_path / "study.png").stat().st_size > 1000
 
 
@@ -523,7 +531,7 @@ def test_steady_problem_is_one_step_of_lead_time_one(base_dir, tmp_path):
     result = trainer.train()
     evaluation = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
     assert set(evaluation["by_lead_time"]) == {"1.000"} and evaluation["rollout"] == {}
-    assert result["evaluation"]["median_rel_l1/u"] > 0
+    assert result["evaluation"]["median_rel_l1_physical/u"] > 0
 
 
 @multiprocess

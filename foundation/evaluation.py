@@ -1,0 +1,361 @@
+"""One evaluation for every consumer: pretraining validation, the held-out evaluation of a fine-tuned model, the
+Spectral-Refiner's early stopping, the sample-efficiency study, the benchmark and the demo.
+
+The metric is the reference's: the relative Lp error (in %) of each sample and channel group (`per_sample_errors`),
+summarised as the median over samples per group and the mean of those medians over groups (the headline).
+Errors are computed in one of two spaces, and the space is part of every key, so that numbers on normalised
+tensors (what the loss sees) and on physical fields (what a paper reports) are never compared by mistake:
+
+    median_rel_l1_physical/u+v      median over samples of group "u+v", physical fields
+    median_rel_l1_normalised/mean   mean over groups of the per-group medians, normalised fields
+
+`metric_key` writes them. Group names come from the model's config (`group_names`), dataset names from the
+sources' own metadata (`dataset_names`), one rollout (`rollout`) serves validation and evaluation alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .metrics import relative_error_per_sample
+
+SPACES = ("normalised", "physical")
+HEADLINE = "median_rel_l1_physical/mean"
+
+
+def metric_key(stat: str = "median", p: int = 1, space: str = "physical", group: str = "mean") -> str:
+    """The key of one summary number, e.g. `median_rel_l1_physical/mean` (see the module docstring)."""
+    if space not in SPACES:
+        raise ValueError(f"space {space!r}: expected one of {SPACES}")
+    return f"{stat}_rel_l{p}_{space}/{group}"
+
+
+def group_names(config) -> list[str]:
+    """ "u+v"-style names of the config's channel groups (its loss/metric slices)."""
+    names = config.output_channel_names
+    groups = list(config.channel_slice_list_normalized_loss)
+    return ["+".join(names[a:b]) for a, b in zip(groups[:-1], groups[1:])]
+
+
+def dataset_names(sources: Sequence) -> list[str]:
+    """A short unique name per source from its metadata (file stem, folder or repo id); a repeated name gets its
+    position appended, so two sources of one name never overwrite each other in a breakdown."""
+    names: list[str] = []
+    for source in sources:
+        raw = str(source.info.name).rstrip("/")
+        stem = Path(raw).stem or raw
+        names.append(stem if stem not in names else f"{stem}-{len(names)}")
+    return names
+
+
+def to_physical(config) -> Callable[[Tensor], Tensor]:
+    """Normalised model outputs -> physical fields, with the output statistics the model carries."""
+    mean = torch.tensor(config.output_mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(config.output_std, dtype=torch.float32)[:, None, None]
+    return lambda y: y.float() * std.to(y.device) + mean.to(y.device)
+
+
+def per_sample_errors(pred: Tensor, truth: Tensor, config, channel_mask: Tensor | None = None, p: int = 1) -> Tensor:
+    """(B, G) relative Lp error (%) per sample and channel group of the config; NaN where a group is absent."""
+    return relative_error_per_sample(pred, truth, config.channel_slice_list_normalized_loss, p, channel_mask)
+
+
+def summarise(
+    errors: Tensor, names: Sequence[str], space: str, p: int = 1, stats: Sequence[str] = ("median",)
+) -> dict[str, float]:
+    """Per group and over groups (`/mean`): median (or mean) over samples of (N, G) per-sample errors; NaN rows
+    (a group a sample lacks) are left out, groups no sample has are omitted."""
+    out: dict[str, float] = {}
+    # numpy's median: the mean of the two middle values of an even count (torch's nanmedian takes the lower one)
+    reducers = {"median": lambda e: float(np.nanmedian(e.numpy())), "mean": lambda e: float(torch.nanmean(e))}
+    for stat in stats:
+        values = []
+        for g, name in enumerate(names):
+            column = errors[:, g].detach().double().cpu()
+            if len(column) == 0 or bool(torch.isnan(column).all()):
+                continue
+            values.append(reducers[stat](column))
+            out[metric_key(stat, p, space, name)] = values[-1]
+        out[metric_key(stat, p, space)] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+@dataclass
+class ErrorTable:
+    """Per-sample errors of evaluated pairs: l1 and l2 (N, G), the dataset index and lead time of each row."""
+
+    l1: Tensor
+    l2: Tensor
+    dataset: Tensor
+    lead: Tensor
+
+    @classmethod
+    def empty(cls, groups: int) -> ErrorTable:
+        return cls(torch.empty(0, groups), torch.empty(0, groups), torch.empty(0), torch.empty(0))
+
+    def append(self, l1: Tensor, l2: Tensor, dataset: Tensor, lead: Tensor) -> ErrorTable:
+        cat = lambda a, b: torch.cat([a, b.detach().float().cpu()])  # noqa: E731
+        return ErrorTable(cat(self.l1, l1), cat(self.l2, l2), cat(self.dataset, dataset), cat(self.lead, lead))
+
+    def as_tensor(self) -> Tensor:
+        """(N, 2G + 2): l1 | l2 | dataset | lead, one tensor for a collective gather."""
+        return torch.cat([self.l1, self.l2, self.dataset[:, None], self.lead[:, None]], dim=1)
+
+    @classmethod
+    def from_tensor(cls, rows: Tensor, groups: int) -> ErrorTable:
+        """Inverse of `as_tensor`; rows that are NaN in every group (padding of a gather) are dropped."""
+        rows = rows.float().cpu()
+        rows = rows[~torch.isnan(rows[:, :groups]).all(dim=1)]
+        return cls(rows[:, :groups], rows[:, groups : 2 * groups], rows[:, -2], rows[:, -1])
+
+    def select(self, keep: Tensor) -> ErrorTable:
+        return ErrorTable(self.l1[keep], self.l2[keep], self.dataset[keep], self.lead[keep])
+
+    def summary(self, names: Sequence[str], space: str, stats: Sequence[str] = ("median", "mean")) -> dict[str, float]:
+        return {**summarise(self.l1, names, space, 1, stats), **summarise(self.l2, names, space, 2, stats)}
+
+    def by_dataset(self, names: Sequence[str], datasets: Sequence[str], space: str, **kw) -> dict[str, dict]:
+        return {
+            name: self.select(self.dataset == k).summary(names, space, **kw)
+            for k, name in enumerate(datasets)
+            if bool((self.dataset == k).any())
+        }
+
+    def by_lead_time(self, names: Sequence[str], space: str, decimals: int = 3, **kw) -> dict[str, dict]:
+        leads = torch.round(self.lead * 10**decimals) / 10**decimals
+        return {
+            f"{float(t):.{decimals}f}": {
+                **self.select(leads == t).summary(names, space, **kw),
+                "pairs": int((leads == t).sum()),
+            }
+            for t in torch.unique(leads)
+        }
+
+
+@torch.no_grad()
+def pair_errors(
+    model,
+    data,
+    picks: Sequence[int],
+    batch_size: int,
+    space: str,
+    device: torch.device | str = "cpu",
+    on_batch: Callable[[dict, Tensor, Tensor], None] | None = None,
+    config=None,
+) -> ErrorTable:
+    """Errors of `model` on the pairs `picks` of `data` (a Mixture: normalised items), in `space`.
+
+    `on_batch(batch, prediction, truth)` (in `space`) sees every batch, e.g. to accumulate spectra or keep samples.
+    `config` is the model's (default `model.config`; pass it for a wrapped model, e.g. under DDP).
+    """
+    config = config or model.config
+    convert = to_physical(config) if space == "physical" else (lambda y: y.float())
+    groups = len(config.channel_slice_list_normalized_loss) - 1
+    table = ErrorTable.empty(groups)
+    for start in range(0, len(picks), batch_size):
+        items = [data[int(k)] for k in picks[start : start + batch_size]]
+        batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+        pred = convert(model(pixel_values=batch["pixel_values"], time=batch["time"]).output)
+        truth = convert(batch["labels"])
+        mask = batch["channel_mask"]
+        table = table.append(
+            per_sample_errors(pred, truth, config, mask, p=1),
+            per_sample_errors(pred, truth, config, mask, p=2),
+            batch["dataset"].float() if "dataset" in batch else torch.zeros(len(items)),
+            batch["time"].float(),
+        )
+        if on_batch is not None:
+            on_batch(batch, pred, truth)
+    return table
+
+
+@torch.no_grad()
+def rollout(
+    model, data, trajectories: int, space: str, device: torch.device | str = "cpu", config=None
+) -> dict[str, dict[str, float]]:
+    """Direct (one call per lead time) vs autoregressive (one call per snapshot interval, outputs fed back as
+    inputs) predictions from the first snapshot of the first `trajectories` trajectories of each time-dependent
+    part of `data`: median over trajectories of the mean-over-groups relative L1 (%), per lead time.
+
+    Static inputs stay as they are; channels a sample lacks keep their fill. Empty when the outputs cannot be fed
+    back (an output the model does not take as input), or no part has the (0, j) and (j-1, j) pairs it needs.
+    `config` as in `pair_errors`.
+    """
+    config = config or model.config
+    out_names, in_names = config.output_channel_names, config.channel_names
+    if not all(c in in_names for c in out_names):
+        return {}
+    convert = to_physical(config) if space == "physical" else (lambda y: y.float())
+    feed = torch.tensor([in_names.index(c) for c in out_names], device=device)
+    direct: dict[float, list[float]] = {}
+    chained: dict[float, list[float]] = {}
+    for k, part in enumerate(data.parts):
+        if part.source.info.steady or len(part.snapshots) < 3:
+            continue
+        pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
+        last = len(part.snapshots) - 1
+        if not all((0, j) in pattern and (j - 1, j) in pattern for j in range(1, last + 1)):
+            continue
+        for slot in range(min(trajectories, len(part.trajectories))):
+            base = slot * len(part.pattern)
+            first = data.item(k, base + pattern[(0, 1)])
+            x = first["pixel_values"][None].to(device)
+            mask = first["channel_mask"][None].to(device)
+            for j in range(1, last + 1):
+                target = data.item(k, base + pattern[(0, j)])
+                step = data.item(k, base + pattern[(j - 1, j)])
+                truth = convert(target["labels"][None].to(device))
+                once = model(pixel_values=target["pixel_values"][None].to(device), time=target["time"][None].to(device))
+                y = model(pixel_values=x, time=step["time"][None].to(device)).output
+                x = x.clone()
+                x[:, feed] = torch.where(mask[:, :, None, None] > 0, y.to(x.dtype), x[:, feed])
+                lead = round(float(target["time"]), 3)
+                for store, pred in ((direct, once.output), (chained, y)):
+                    errors = per_sample_errors(convert(pred), truth, config, mask)
+                    store.setdefault(lead, []).append(float(torch.nanmean(errors)))
+    return {
+        f"{t:.3f}": {"direct": float(np.median(direct[t])), "autoregressive": float(np.median(chained[t]))}
+        for t in sorted(direct)
+    }
+
+
+# ----------------------------------------------------------------------------------------------- spectra
+def radial_spectrum(fields: Tensor) -> Tensor:
+    """(..., K) energy in integer wavenumber shells |k| in [k - 1/2, k + 1/2) of (..., H, W) fields."""
+    h, w = fields.shape[-2:]
+    power = torch.fft.fft2(fields.double(), norm="forward").abs() ** 2
+    ky = torch.fft.fftfreq(h, d=1.0 / h).double()
+    kx = torch.fft.fftfreq(w, d=1.0 / w).double()
+    shell = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
+    kmax = min(h, w) // 2
+    flat = power.flatten(-2)
+    out = torch.zeros(*flat.shape[:-1], kmax + 1, dtype=torch.float64)
+    keep = (shell <= kmax).flatten()
+    out.index_add_(-1, shell.flatten()[keep], flat[..., keep])
+    return out
+
+
+def frequency_bands(spectra: Tensor, names: Sequence[str]) -> dict[str, dict]:
+    """Relative error (%) per channel in the low / mid / high thirds of the resolved wavenumbers, from summed
+    (3, C, K) spectra of truth, prediction and error."""
+    truth_k, _, err_k = spectra
+    kmax = truth_k.shape[-1] - 1
+    edges = [0, max(1, kmax // 3), max(2, 2 * kmax // 3), kmax]
+    bands = {}
+    for name, a, b in zip(("low", "mid", "high"), edges[:-1], edges[1:]):
+        sl = slice(a if a == 0 else a + 1, b + 1)
+        bands[f"k{sl.start}-{b}"] = {
+            "band": name,
+            "relative_error_%": {
+                c: float(100 * torch.sqrt(err_k[i, sl].sum() / truth_k[i, sl].sum().clamp_min(1e-30)))
+                for i, c in enumerate(names)
+            },
+        }
+    return bands
+
+
+# ----------------------------------------------------------------------------------------------- held-out data
+def pairs_for_model(config, source, split: str, **options):
+    """All2all pairs of `source` normalised with the model's statistics (matched by channel name)."""
+    from .data import All2AllPairs, DataError
+
+    info = source.info
+    names, outputs = list(config.channel_names), list(config.output_channel_names)
+    inputs = ([] if info.steady else list(info.channel_names)) + list(info.static_names)
+    missing = [c for c in inputs if c not in names] + [c for c in info.channel_names if c not in outputs]
+    if missing:
+        raise DataError(f"{info.name}: channels {missing} are not in the model's inputs {names} / outputs {outputs}")
+
+    def stats(c: str) -> tuple[float, float]:  # states normalise as the model's inputs (or outputs if steady)
+        if c in names:
+            return config.input_mean[names.index(c)], config.input_std[names.index(c)]
+        return config.output_mean[outputs.index(c)], config.output_std[outputs.index(c)]
+
+    source.info = dataclasses.replace(
+        info,
+        mean=[stats(c)[0] for c in info.channel_names],
+        std=[stats(c)[1] for c in info.channel_names],
+        static_mean=[stats(c)[0] for c in info.static_names] or info.static_mean,
+        static_std=[stats(c)[1] for c in info.static_names] or info.static_std,
+    )
+    return All2AllPairs(source, split, **options)
+
+
+def held_out_pairs(config, sources: Sequence, split: str, **options):
+    """One Mixture of `split` of `sources`, normalised as the model expects (identity pairs left out)."""
+    from .data import Mixture
+
+    options = {"include_identity": False, **options}
+    parts = [pairs_for_model(config, source, split, **options) for source in sources]
+    mean, std = config.input_mean, config.input_std
+    return Mixture(parts, config.channel_names, config.output_channel_names, input_mean=mean, input_std=std)
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    sources: Sequence,
+    split: str = "test",
+    max_pairs: int | None = 1024,
+    rollout_trajectories: int = 8,
+    batch_size: int = 32,
+    stride: int = 1,
+    max_snapshots: int | None = None,
+    samples: int = 3,
+) -> tuple[dict, list]:
+    """Metrics of `model` on `split` of `sources`, physical fields: summary (median and mean, L1 and L2, per group
+    and over groups), per dataset, per lead time, per frequency band, spectra and rollout. Returns the JSON-ready
+    result and up to `samples` (input, truth, prediction, lead) tuples for plots."""
+    config = model.config
+    data = held_out_pairs(config, sources, split, stride=stride, max_snapshots=max_snapshots)
+    model.eval()
+    groups, outputs = group_names(config), list(config.output_channel_names)
+    picks = np.arange(len(data))
+    if max_pairs is not None and len(data) > max_pairs:
+        picks = np.linspace(0, len(data) - 1, max_pairs).round().astype(int)
+    kept: list = []
+    summed: list[Tensor] = []  # (3, C, K) spectra of truth, prediction, error, summed over pairs
+
+    def collect(batch: dict, pred: Tensor, truth: Tensor) -> None:
+        s = torch.stack([radial_spectrum(truth), radial_spectrum(pred), radial_spectrum(pred - truth)])  # (3,B,C,K)
+        s = (s * batch["channel_mask"][None, :, :, None]).sum(1)
+        summed[:] = [summed[0] + s] if summed else [s]
+        if len(kept) < samples:
+            kept.append((batch["pixel_values"][0], truth[0], pred[0], float(batch["time"][0])))
+
+    table = pair_errors(model, data, picks, batch_size, "physical", on_batch=collect)
+    spectra = summed[0]
+    datasets = dataset_names(sources)
+    result: dict = {
+        "split": split,
+        "space": "physical",
+        "pairs": int(len(picks)),
+        "datasets": datasets,
+        "units": "relative errors in %, on de-normalised (physical) fields",
+        **table.summary(groups, "physical"),
+        "by_dataset": table.by_dataset(groups, datasets, "physical"),
+        "by_lead_time": table.by_lead_time(groups, "physical"),
+        "by_frequency_band": frequency_bands(spectra, outputs),
+        "spectra": {
+            "wavenumber": list(range(spectra.shape[-1])),
+            **{
+                f"{kind}/{c}": spectra[j, i].tolist()
+                for j, kind in enumerate(("truth", "prediction", "error"))
+                for i, c in enumerate(outputs)
+            },
+        },
+        "rollout": rollout(model, data, rollout_trajectories, "physical"),
+    }
+    return result, kept
+
+
+def headline(result: dict) -> dict[str, float]:
+    """The summary numbers of a result (per group and over groups, every stat and norm), without breakdowns."""
+    return {k: v for k, v in result.items() if isinstance(v, float) and "_rel_l" in k}
