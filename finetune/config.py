@@ -8,47 +8,33 @@ Recipes in `launch/recipes/finetune-*.yaml` may put these fields under a `finetu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import sys
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Literal, get_args
 
 from pretrain.config import (
     DataArguments,
     ModelArguments,
     OptionError,
     TrainArguments,
-    check_choice,
+    check_choices,
     check_positive,
     check_range,
     check_steps,
     parse_dataclasses,
 )
 
-STRATEGIES = ("full", "head", "lora", "refiner")
-SPLITS = ("train", "val", "test")
-REFINER_LOSSES = ("labels", "residual")
+Strategy = Literal["full", "head", "lora", "refiner"]
+Split = Literal["train", "val", "test"]
+RefinerLoss = Literal["labels", "residual"]
+STRATEGIES, SPLITS, REFINER_LOSSES = get_args(Strategy), get_args(Split), get_args(RefinerLoss)
 LORA_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 
 @dataclass
-class FinetuneArguments:
-    """How to adapt the pretrained model."""
+class LoraOptions:
+    """Options only `--strategy lora` reads."""
 
-    strategy: str = field(
-        default="full",
-        metadata={
-            "help": "full (every weight; separate lrs), head (embedding + recovery only), lora (adapters on "
-            "attention/MLP + head), refiner (optional full fine-tune for max_steps, then Spectral-Refiner)."
-        },
-    )
-    from_scratch: bool = field(
-        default=False, metadata={"help": "Same architecture as --init_from, randomly initialised (baseline)."}
-    )
-    head_learning_rate: float = field(default=5e-4, metadata={"help": "Embedding and recovery lr (full, lora)."})
-    norm_learning_rate: float = field(default=5e-4, metadata={"help": "Time-conditioned norms' lr (full)."})
-    train_trajectories: int | None = field(
-        default=None, metadata={"help": "Use only the first N training trajectories (sample-efficiency studies)."}
-    )
-    eval_split: str = field(default="test", metadata={"help": "Split of the final evaluation (held-out)."})
-    # LoRA
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (update scaled by alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path."})
@@ -56,12 +42,22 @@ class FinetuneArguments:
         default_factory=lambda: list(LORA_TARGETS), metadata={"help": "Module name suffixes that get adapters."}
     )
     lora_train_head: bool = field(default=True, metadata={"help": "Also train embedding and recovery fully."})
-    # Spectral-Refiner
+
+    def __post_init__(self):
+        check_range(self, "lora_dropout", high=1)
+        check_range(self, "lora_rank", low=1)
+        check_positive(self, "lora_alpha")  # a scale
+
+
+@dataclass
+class RefinerOptions:
+    """Options only `--strategy refiner` reads (the Spectral-Refiner step after the loop)."""
+
     refiner_steps: int = field(default=300, metadata={"help": "Adam iterations of the refinement."})
     refiner_learning_rate: float = field(default=3e-3, metadata={"help": "lr of the refined weights."})
     refiner_bias_learning_rate: float = field(default=3e-2, metadata={"help": "lr of biases and the mean mode."})
     refiner_batch_size: int = field(default=512, metadata={"help": "Cached samples per refinement step."})
-    refiner_loss: str = field(
+    refiner_loss: RefinerLoss = field(
         default="labels",
         metadata={"help": "labels (H^-s of prediction - target) or residual (NS vorticity, no labels)."},
     )
@@ -69,7 +65,7 @@ class FinetuneArguments:
         default=4096, metadata={"help": "Pairs whose features are cached for the refinement (evenly spaced)."}
     )
     refiner_train_recovery: bool = field(default=True, metadata={"help": "Train the patch recovery too."})
-    refiner_fit_split: str = field(
+    refiner_fit_split: Split = field(
         default="train", metadata={"help": "Split the refinement fits (residual mode may fit the test inputs)."}
     )
     refiner_eval_every: int = field(default=10, metadata={"help": "Refinement steps between validations."})
@@ -84,16 +80,57 @@ class FinetuneArguments:
     sobolev_alpha: float = field(default=10**-1.5, metadata={"help": "alpha in (alpha + |k|^2)^-s."})
 
     def __post_init__(self):
-        check_choice(self, "strategy", STRATEGIES)
-        check_choice(self, "refiner_loss", REFINER_LOSSES)
-        check_choice(self, "eval_split", SPLITS)
-        check_choice(self, "refiner_fit_split", SPLITS)
-        check_range(self, "head_learning_rate", "norm_learning_rate", "refiner_learning_rate")
-        check_range(self, "refiner_bias_learning_rate", "refiner_steps", "sobolev_s")
-        check_range(self, "lora_dropout", high=1)
-        check_range(self, "train_trajectories", "lora_rank", "refiner_batch_size", "refiner_max_pairs", low=1)
+        check_range(self, "refiner_learning_rate", "refiner_bias_learning_rate", "refiner_steps", "sobolev_s")
+        check_range(self, "refiner_batch_size", "refiner_max_pairs", low=1)
         check_range(self, "refiner_eval_every", "refiner_patience", low=1)  # eval_every is a modulus
-        check_positive(self, "lora_alpha", "sobolev_alpha")  # a scale; the weight of the mean mode (alpha^-s)
+        check_positive(self, "sobolev_alpha")  # the weight of the mean mode (alpha^-s)
+
+
+# Which strategy reads which option group; `ignored_options` names options set for another strategy.
+OPTION_GROUPS: dict[str, type] = {"lora": LoraOptions, "refiner": RefinerOptions}
+
+
+@dataclass
+class FinetuneArguments(LoraOptions, RefinerOptions):
+    """How to adapt the pretrained model: the options every strategy reads, then each strategy's own group
+    (`LoraOptions`, `RefinerOptions`; one flat set of flags and recipe keys)."""
+
+    strategy: Strategy = field(
+        default="full",
+        metadata={
+            "help": "full (every weight; separate lrs), head (embedding + recovery only), lora (adapters on "
+            "attention/MLP + head), refiner (optional full fine-tune for max_steps, then Spectral-Refiner)."
+        },
+    )
+    from_scratch: bool = field(
+        default=False, metadata={"help": "Same architecture as --init_from, randomly initialised (baseline)."}
+    )
+    head_learning_rate: float = field(default=5e-4, metadata={"help": "Embedding and recovery lr (full, lora)."})
+    norm_learning_rate: float = field(default=5e-4, metadata={"help": "Time-conditioned norms' lr (full)."})
+    train_trajectories: int | None = field(
+        default=None, metadata={"help": "Use only the first N training trajectories (sample-efficiency studies)."}
+    )
+    eval_split: Split = field(default="test", metadata={"help": "Split of the final evaluation (held-out)."})
+
+    def __post_init__(self):
+        check_choices(self)
+        LoraOptions.__post_init__(self)
+        RefinerOptions.__post_init__(self)
+        check_range(self, "head_learning_rate", "norm_learning_rate")
+        check_range(self, "train_trajectories", low=1)
+
+
+def ignored_options(tune: FinetuneArguments) -> list[str]:
+    """Options of another strategy's group that differ from their defaults (they would be silently ignored)."""
+    out = []
+    for strategy, group in OPTION_GROUPS.items():
+        if strategy == tune.strategy:
+            continue
+        for f in fields(group):
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if getattr(tune, f.name) != default:
+                out.append(f.name)
+    return out
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments, FinetuneArguments)
@@ -104,6 +141,10 @@ def parse_args(argv: list[str] | None = None):
     model, data, train, tune, _ = parse_dataclasses(
         ARGUMENT_CLASSES, argv, sections=("finetune",), check=lambda model, data, train, tune: check(tune, model, train)
     )
+    ignored = ignored_options(tune)
+    if ignored:  # a recipe written for another strategy: say so instead of silently dropping the values
+        flags = ", ".join(f"--{name}" for name in ignored)
+        print(f"warning: --strategy {tune.strategy} ignores {flags}", file=sys.stderr)
     return model, data, train, tune
 
 

@@ -16,13 +16,17 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args, get_origin, get_type_hints
 
 import yaml
 
-PRECISIONS = ("fp32", "bf16")
-TRACKERS = ("tensorboard", "wandb", "none")
-RESAMPLINGS = ("fourier", "none")  # ScOTConfig.input_resampling
+# Choices are Literal types: HfArgumentParser makes them argparse choices, `check_choices` checks them for
+# dataclasses built in code, and the tuples below are read from them.
+Preset = Literal["tiny", "T", "B", "L"]  # foundation.configuration_scot.PRESETS (a test keeps them equal)
+Precision = Literal["fp32", "bf16"]
+Tracker = Literal["tensorboard", "wandb", "none"]
+Resampling = Literal["fourier", "none"]  # ScOTConfig.input_resampling
+PRECISIONS, TRACKERS, RESAMPLINGS = get_args(Precision), get_args(Tracker), get_args(Resampling)
 
 
 class OptionError(ValueError):
@@ -64,23 +68,28 @@ def check_choice(obj: Any, name: str, choices: Sequence[str]) -> None:
         raise OptionError(name, f"must be {allowed}, got {value!r}")
 
 
+def check_choices(obj: Any) -> None:
+    """Every `Literal`-typed field of the dataclass `obj` holds one of its choices."""
+    hints = get_type_hints(type(obj))
+    for f in fields(obj):
+        if get_origin(hints[f.name]) is Literal:
+            check_choice(obj, f.name, get_args(hints[f.name]))
+
+
 @dataclass
 class ModelArguments:
     """What to train."""
 
-    preset: str = field(default="tiny", metadata={"help": "Geometry preset: tiny, T, B or L."})
+    preset: Preset = field(default="tiny", metadata={"help": "Geometry preset: tiny, T, B or L."})
     init_from: str | None = field(default=None, metadata={"help": "Start from this folder or Hub repo id."})
-    input_resampling: str = field(
+    input_resampling: Resampling = field(
         default="fourier", metadata={"help": "'fourier' (resample to the model grid) or 'none' (native grid)."}
     )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
 
     def __post_init__(self):
-        from foundation.configuration_scot import PRESETS  # here: the config module stays light to import
-
-        check_choice(self, "preset", tuple(PRESETS))
-        check_choice(self, "input_resampling", RESAMPLINGS)
+        check_choices(self)
 
 
 @dataclass
@@ -118,13 +127,13 @@ class TrainArguments:
     warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps before the cosine decay."})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Final learning rate / peak."})
     max_grad_norm: float = field(default=5.0, metadata={"help": "Gradient clipping (0: off)."})
-    precision: str = field(default="fp32", metadata={"help": "fp32 or bf16."})
+    precision: Precision = field(default="fp32", metadata={"help": "fp32 or bf16."})
     seed: int = field(default=0, metadata={"help": "Seed of the model init and the pair sampler."})
     log_every: int = field(default=10, metadata={"help": "Steps between logged losses."})
     eval_every: int = field(default=100, metadata={"help": "Steps between validations (0: only at the end)."})
     save_every: int = field(default=100, metadata={"help": "Steps between checkpoints (0: only at the end)."})
     keep_last: int = field(default=2, metadata={"help": "Checkpoints kept."})
-    tracker: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb or none."})
+    tracker: Tracker = field(default="tensorboard", metadata={"help": "tensorboard, wandb or none."})
     resume: bool = field(default=True, metadata={"help": "Continue from the last checkpoint in output_dir."})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "Stop after this many non-finite losses in a row."})
     peak_tflops: float | None = field(
@@ -141,8 +150,7 @@ class TrainArguments:
         # keep_last 0 would keep every checkpoint (a [:-0] slice), log_every 0 divides by zero
         check_range(self, "batch_size", "gradient_accumulation_steps", "log_every", "keep_last", low=1)
         check_range(self, "max_nonfinite_steps", low=1)
-        check_choice(self, "precision", PRECISIONS)
-        check_choice(self, "tracker", TRACKERS)
+        check_choices(self)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -117,12 +118,20 @@ def test_every_learning_rate_is_checked(command, option, tmp_path, capfd):
         ("pretrain", ["--eval_every", "-5"], "--eval_every must be >= 0, got -5"),
         ("pretrain", ["--save_every", "-1"], "--save_every must be >= 0, got -1"),
         ("pretrain", ["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
-        ("pretrain", ["--precision", "fp8"], "--precision must be fp32 or bf16, got 'fp8'"),
-        ("pretrain", ["--preset", "XL"], "--preset must be one of tiny, T, B, L, got 'XL'"),
+        (
+            "pretrain",
+            ["--precision", "fp8"],
+            "argument --precision: invalid choice: 'fp8' (choose from 'fp32', 'bf16')",
+        ),
+        ("pretrain", ["--preset", "XL"], "argument --preset: invalid choice: 'XL' (choose from 'tiny', 'T', 'B', 'L')"),
         ("pretrain", ["--stride", "0"], "--stride must be >= 1, got 0"),
         ("finetune", ["--refiner_batch_size", "0"], "--refiner_batch_size must be >= 1, got 0"),
         ("finetune", ["--lora_rank", "0"], "--lora_rank must be >= 1, got 0"),
-        ("finetune", ["--strategy", "lorra"], "--strategy must be one of full, head, lora, refiner, got 'lorra'"),
+        (
+            "finetune",
+            ["--strategy", "lorra"],
+            "argument --strategy: invalid choice: 'lorra' (choose from 'full', 'head', 'lora', 'refiner')",
+        ),
         ("finetune.study", ["--n", "4", "0"], "--n must be >= 1, got [4, 0]"),
         (
             "finetune.study",
@@ -163,3 +172,29 @@ def test_the_dataclasses_check_their_fields_when_built_in_code():
     with pytest.raises(ValueError, match="--norm_learning_rate must be a finite number"):
         FinetuneArguments(norm_learning_rate=float("nan"))
     TrainArguments(max_steps=0)  # a valid config: the commands that must train refuse it
+
+
+def test_choices_are_literal_types_checked_in_code_too():
+    """The CLI gets argparse choices from the Literal types; a dataclass built in code is checked the same way."""
+    from finetune.config import FinetuneArguments
+    from foundation.configuration_scot import PRESETS
+    from pretrain.config import ModelArguments, OptionError, Preset, TrainArguments
+
+    assert get_args(Preset) == tuple(PRESETS)
+    with pytest.raises(OptionError, match="^--strategy must be one of full, head, lora, refiner, got 'lorra'$"):
+        FinetuneArguments(strategy="lorra")
+    with pytest.raises(OptionError, match="^--refiner_fit_split must be one of train, val, test, got 'valid'$"):
+        FinetuneArguments(refiner_fit_split="valid")
+    with pytest.raises(OptionError, match="^--preset must be one of tiny, T, B, L, got 'XL'$"):
+        ModelArguments(preset="XL")
+    with pytest.raises(OptionError, match="^--tracker must be one of tensorboard, wandb, none, got 'mlflow'$"):
+        TrainArguments(tracker="mlflow")
+
+
+def test_options_of_another_strategy_are_named_not_silently_dropped(capfd):
+    from finetune.config import FinetuneArguments, ignored_options, parse_args
+
+    assert ignored_options(FinetuneArguments(strategy="lora", lora_rank=4, refiner_steps=300)) == []
+    assert ignored_options(FinetuneArguments(strategy="full", lora_rank=4, sobolev_s=0.5)) == ["lora_rank", "sobolev_s"]
+    parse_args(["--init_from", "x", "--datasets", "y", "--strategy", "head", "--refiner_steps", "5"])
+    assert capfd.readouterr().err.strip() == "warning: --strategy head ignores --refiner_steps"
