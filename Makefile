@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,baselines]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,7 +24,7 @@ from pretrain.config import (
     parse_dataclasses,
 )
 
-Strategy = Literal["full", "head", "lora", "refiner"]
+Strategy = Literal["full", "head", "lora", "refiner", "fno"]
 Split = Literal["train", "val", "test"]
 RefinerLoss = Literal["labels", "residual"]
 STRATEGIES, SPLITS, REFINER_LOSSES = get_args(Strategy), get_args(Split), get_args(RefinerLoss)
@@ -86,20 +86,33 @@ class RefinerOptions:
         check_positive(self, "sobolev_alpha")  # the weight of the mean mode (alpha^-s)
 
 
+@dataclass
+class FnoOptions:
+    """Options only `--strategy fno` reads (the FNO baseline, `finetune.baselines.FNOBaseline`)."""
+
+    fno_modes: int = field(default=12, metadata={"help": "Fourier modes kept per axis."})
+    fno_width: int = field(default=32, metadata={"help": "Hidden channels of the FNO."})
+    fno_layers: int = field(default=4, metadata={"help": "Fourier layers."})
+
+    def __post_init__(self):
+        check_range(self, "fno_modes", "fno_width", "fno_layers", low=1)
+
+
 # Which strategy reads which option group; `ignored_options` names options set for another strategy.
-OPTION_GROUPS: dict[str, type] = {"lora": LoraOptions, "refiner": RefinerOptions}
+OPTION_GROUPS: dict[str, type] = {"lora": LoraOptions, "refiner": RefinerOptions, "fno": FnoOptions}
 
 
 @dataclass
-class FinetuneArguments(LoraOptions, RefinerOptions):
+class FinetuneArguments(LoraOptions, RefinerOptions, FnoOptions):
     """How to adapt the pretrained model: the options every strategy reads, then each strategy's own group
-    (`LoraOptions`, `RefinerOptions`; one flat set of flags and recipe keys)."""
+    (`LoraOptions`, `RefinerOptions`, `FnoOptions`; one flat set of flags and recipe keys)."""
 
     strategy: Strategy = field(
         default="full",
         metadata={
             "help": "full (every weight; separate lrs), head (embedding + recovery only), lora (adapters on "
-            "attention/MLP + head), refiner (optional full fine-tune for max_steps, then Spectral-Refiner)."
+            "attention/MLP + head), refiner (optional full fine-tune for max_steps, then Spectral-Refiner), "
+            "fno (baseline: neuraloperator's FNO from scratch on the same data)."
         },
     )
     from_scratch: bool = field(
@@ -116,6 +129,7 @@ class FinetuneArguments(LoraOptions, RefinerOptions):
         check_choices(self)
         LoraOptions.__post_init__(self)
         RefinerOptions.__post_init__(self)
+        FnoOptions.__post_init__(self)
         check_range(self, "head_learning_rate", "norm_learning_rate")
         check_range(self, "train_trajectories", low=1)
 

@@ -1,10 +1,12 @@
 """Data specs of fine-tuning runs: everything `foundation.data.open_source` reads, plus built-in generators.
 
-    pde:wave-gauss:n=48,resolution=32,snapshots=11,seed=1[,KEY=VALUE...]
+    pde:wave-gauss:n=48,resolution=32,snapshots=11,seed=1[,val=8,test=32][,KEY=VALUE...]
 
 simulates the family with `foundation.pdes.generate` once, into `<cache>/<family>-n48-r32-s11-seed1[-...].h5`
-(extra KEY=VALUE pairs are PDE parameters), and is then an ordinary HDF5 source. Under a multi-process launch
-the first local process generates and the others wait for the file (it appears atomically, complete).
+(extra KEY=VALUE pairs are PDE parameters), and is then an ordinary HDF5 source. `val` and `test` set the sizes
+of the last two splits (the first n - val - test trajectories train); without them the split is 80/10/10. Under a
+multi-process launch the first local process generates and the others wait for the file (it appears atomically,
+complete).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 
 GENERATOR_PREFIX = "pde:"
-_INTEGER_KEYS = ("n", "resolution", "snapshots", "seed", "batch")
+_INTEGER_KEYS = ("n", "resolution", "snapshots", "seed", "batch", "val", "test")
 
 
 def parse_generator_spec(spec: str) -> tuple[str, dict, dict]:
@@ -53,6 +55,18 @@ def resolve_specs(specs: list[str], cache: Path) -> list[str]:
             continue
         family, settings, params = parse_generator_spec(spec)
         tag = f"{family}-n{settings['n']}-r{settings['resolution']}-s{settings['snapshots']}-seed{settings['seed']}"
+        held_out = (settings.pop("val", None), settings.pop("test", None))
+        if held_out != (None, None):
+            val, test = held_out[0] or 0, held_out[1] or 0
+            train = settings["n"] - val - test
+            if train < 1 or val < 0 or test < 0:
+                raise ValueError(f"{spec}: val={val} and test={test} leave {train} training trajectories of n")
+            settings["splits"] = {
+                "train": (0, train),
+                "val": (train, train + val),
+                "test": (train + val, settings["n"]),
+            }
+            tag += f"-val{val}-test{test}"
         tag += "".join(f"-{k}{v}" for k, v in sorted(params.items()))
         path = Path(cache) / f"{tag}.h5"
         if not path.exists():

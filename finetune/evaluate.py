@@ -22,6 +22,7 @@ from foundation.data import DataError, open_source
 from foundation.evaluation import evaluate, headline
 from foundation.plots import evaluation_plots
 
+from .baselines import FNO_CONFIG, FNOBaseline
 from .refiner import HEAD_CONFIG, RefinedScOT
 
 
@@ -39,6 +40,8 @@ def load_model(path: str | Path):
         return load_adapter(folder, merge=True)
     if (folder / HEAD_CONFIG).exists():
         return RefinedScOT.from_pretrained(folder).eval()
+    if (folder / FNO_CONFIG).exists():
+        return FNOBaseline.from_pretrained(folder)
     return ScOT.from_pretrained(folder).eval()
 
 

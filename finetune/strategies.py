@@ -6,6 +6,7 @@ export the result, and what runs after the training loop.
     head     only embedding and recovery (--head_learning_rate)
     lora     peft adapters on attention/MLP projections (+ embedding/recovery), --head_learning_rate
     refiner  `full` for --max_steps (may be 0), then Spectral-Refiner (finetune.refiner) on cached features
+    fno      the baseline: neuraloperator's FNO (finetune.baselines) from scratch on the same data description
 """
 
 from __future__ import annotations
@@ -204,4 +205,34 @@ class Refiner(Full):
         return {"refiner": summary}
 
 
-STRATEGIES: dict[str, type[Strategy]] = {"full": Full, "head": Head, "lora": Lora, "refiner": Refiner}
+class Fno(Strategy):
+    """Not a fine-tuning: the FNO baseline, built for the channel-adapted config (same inputs, outputs and
+    statistics as the scOT it is compared with) and trained from scratch through the same loop."""
+
+    name = "fno"
+
+    def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
+        from .baselines import FNOBaseline
+
+        tune = self.tune
+        return FNOBaseline(copy.deepcopy(model.config), tune.fno_modes, tune.fno_width, tune.fno_layers)
+
+    def param_groups(self, model: torch.nn.Module, learning_rate: float) -> list[dict]:
+        return [{"params": list(model.parameters()), "lr": learning_rate}]
+
+    def describe(self, max_steps: int) -> str:
+        return " (an FNO from neuraloperator, from scratch)"
+
+    def export(self, run: PreparedRun, metrics: dict, step: int, init_from: str) -> Path:
+        from .baselines import FNOBaseline
+
+        def rebuild(config, state: dict) -> torch.nn.Module:
+            tune = self.tune
+            fresh = FNOBaseline(config, tune.fno_modes, tune.fno_width, tune.fno_layers)
+            fresh.load_state_dict(state)
+            return fresh
+
+        return run.export(metrics, step, rebuild=rebuild)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {"full": Full, "head": Head, "lora": Lora, "refiner": Refiner, "fno": Fno}

@@ -1,4 +1,6 @@
-"""Sample-efficiency study: fine-tuned vs trained from scratch, as a function of the number of trajectories N.
+"""Sample-efficiency study: fine-tuned vs trained from scratch, as a function of the number of trajectories N: the
+benchmark (`finetune.benchmark`, which also runs an FNO and persistence, several tasks, seeds and learning-rate
+grids) on one task, with one learning rate per method.
 
     python -m finetune.study --init_from runs/demo/pretrain/model --datasets DATA --n 2 4 8 16 \\
         --max_steps 300 --output_dir runs/study [--strategy full] [--scratch_learning_rate 2e-3]
@@ -18,16 +20,15 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from foundation.data import DataError
 from foundation.evaluation import HEADLINE
-from pretrain.config import DataArguments, ModelArguments, OptionError, TrainArguments, check_range, parse_dataclasses
+from pretrain.config import OptionError, check_range
 
+from .benchmark import cell_folder, fit_power_law, gains
 from .config import FinetuneArguments, check
 
 
@@ -42,68 +43,51 @@ class StudyArguments:
         check_range(self, "scratch_learning_rate")
 
 
-def fit_power_law(n: list[float], error: list[float]) -> tuple[float, float]:
-    """(C, a) of error = C N^-a, least squares on log error vs log N."""
-    slope, intercept = np.polyfit(np.log(np.asarray(n, float)), np.log(np.asarray(error, float)), 1)
-    return float(np.exp(intercept)), float(-slope)
-
-
-def gains(ns: list[int], finetuned: list[float], scratch: list[float]) -> list[dict]:
-    """Accuracy and efficiency gains per N (see the module docstring)."""
-    c_s, a_s = fit_power_law(ns, scratch)
-    rows = []
-    for n, e_ft, e_s in zip(ns, finetuned, scratch):
-        needed = (c_s / e_ft) ** (1 / a_s) if a_s > 0 else float("inf")
-        rows.append(
-            {
-                "n": n,
-                "finetuned": e_ft,
-                "scratch": e_s,
-                "accuracy_gain": e_s / e_ft,
-                "scratch_trajectories_needed": needed,
-                "efficiency_gain": needed / n,
-                "extrapolated": bool(needed > max(ns) or needed < min(ns)),
-            }
-        )
-    return rows
-
-
 def run_study(model_args, data_args, train_args, tune, study: StudyArguments, log=print) -> dict:
-    from .trainer import Finetuner
+    """The benchmark (`finetune.benchmark`) on one task with two methods, one learning rate each and the run's
+    seed; study.json / study.md / study.png in the study's own format."""
+    from .benchmark import BenchmarkArguments, run_benchmark
 
+    bench = BenchmarkArguments(
+        tasks=[data_args.datasets[0]],
+        n=list(study.n),
+        methods=["finetuned", "scratch"],
+        seeds=[train_args.seed],
+        finetuned_learning_rates=[train_args.learning_rate],
+        scratch_learning_rates=[study.scratch_learning_rate],
+    )
+    data_args = copy.deepcopy(data_args)
+    data_args.datasets = []
+    (task,) = run_benchmark(model_args, data_args, train_args, tune, bench, log=log)["tasks"].values()
     root = Path(train_args.output_dir)
-    results: dict[str, dict[int, float]] = {"finetuned": {}, "scratch": {}}
-    for n in study.n:
-        for kind in ("finetuned", "scratch"):
-            run_tune = copy.deepcopy(tune)
-            run_tune.train_trajectories = n
-            run_train = copy.deepcopy(train_args)
-            run_train.output_dir = str(root / f"n{n}-{kind}")
-            if kind == "scratch":
-                run_tune.from_scratch, run_tune.strategy = True, "full"
-                run_train.learning_rate = study.scratch_learning_rate
-            trainer = Finetuner(model_args, data_args, run_train, run_tune)
-            outcome = trainer.train()
-            results[kind][n] = float(outcome["evaluation"][study.metric])
-            log(f"[study] N={n} {kind}: {study.metric} {results[kind][n]:.3f}")
     ns = list(study.n)
-    finetuned = [results["finetuned"][n] for n in ns]
-    scratch = [results["scratch"][n] for n in ns]
+    results: dict[str, list[float]] = {}
+    for kind in ("finetuned", "scratch"):
+        results[kind] = []
+        for n in ns:
+            folder = cell_folder(
+                root, next(iter(bench.task_list()))[0], kind, n, train_args.seed, bench.learning_rates(kind)[0]
+            )
+            results[kind].append(float(json.loads((folder / "cell.json").read_text())["test_metrics"][study.metric]))
     report = {
         "metric": study.metric,
-        "split": tune.eval_split,
+        "split": "test",
         "budget": {"max_steps": train_args.max_steps, "batch_size": train_args.batch_size},
         "strategy": tune.strategy,
         "n": ns,
-        "finetuned": finetuned,
-        "scratch": scratch,
+        "finetuned": results["finetuned"],
+        "scratch": results["scratch"],
+        "cells": str(root / next(iter(bench.task_list()))[0]),
     }
     if len(ns) >= 2:
         report["fit"] = {
-            "finetuned": dict(zip(("C", "a"), fit_power_law(ns, finetuned))),
-            "scratch": dict(zip(("C", "a"), fit_power_law(ns, scratch))),
+            "finetuned": dict(zip(("C", "a"), fit_power_law(ns, results["finetuned"]))),
+            "scratch": dict(zip(("C", "a"), fit_power_law(ns, results["scratch"]))),
         }
-        report["gains"] = gains(ns, finetuned, scratch)
+        report["gains"] = [
+            {**row, "scratch": row.pop("baseline"), "scratch_trajectories_needed": row.pop("trajectories_needed")}
+            for row in gains(ns, results["finetuned"], results["scratch"])
+        ]
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.json").write_text(json.dumps(report, indent=2))
     (root / "study.md").write_text(table(report))
@@ -161,25 +145,16 @@ def check_study(model_args, data_args, train_args, tune: FinetuneArguments, stud
     check(tune, model_args, train_args)
     if tune.from_scratch:
         raise OptionError("from_scratch", "is not for a study: the study trains its scratch runs itself")
-    if tune.strategy == "refiner":
+    if tune.strategy in ("refiner", "fno"):
         raise OptionError("strategy", "must be full, head or lora in a study (it compares fine-tuning with scratch)")
+    if len(data_args.datasets) != 1:
+        raise OptionError("datasets", "a study is one task: give one dataset (finetune.benchmark takes several)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    classes = (ModelArguments, DataArguments, TrainArguments, FinetuneArguments, StudyArguments)
-    model_args, data_args, train_args, tune, study, _ = parse_dataclasses(
-        classes, argv, sections=("finetune", "study"), check=check_study
-    )
-    try:
-        from pretrain.trainer import setup_runtime
+    from .benchmark import cli
 
-        setup_runtime()
-        report = run_study(model_args, data_args, train_args, tune, study)
-    except (DataError, ValueError, FileNotFoundError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(table(report))
-    return 0
+    return cli(argv, StudyArguments, "study", check_study, run_study, table)
 
 
 if __name__ == "__main__":

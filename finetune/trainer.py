@@ -21,7 +21,7 @@ from foundation.compat import whole_weights_under_zero3
 from foundation.data import All2AllPairs, Mixture
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
 from pretrain.loop import TrainState, run
-from pretrain.trainer import PreparedRun, RunView, build_accelerator, build_data
+from pretrain.trainer import PreparedRun, RunView, TrainData, build_accelerator, build_data
 
 from . import refiner
 from .config import FinetuneArguments, check
@@ -34,6 +34,15 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int | float]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "trainable_fraction": round(trainable / max(total, 1), 6)}
+
+
+def adapted_model(init_from: str, data: TrainData, seed: int) -> tuple[ScOT, ScOT]:
+    """(the pretrained model as loaded, a copy whose channels, statistics and time scale are the data's)."""
+    with whole_weights_under_zero3():  # surgery reads and writes whole tensors, also under ZeRO-3
+        base = ScOT.from_pretrained(init_from)
+    model = adapt_channels(base, data.vocabulary, data.targets, data.stats, data.stats, seed=seed)
+    model.config.time_scale = float(data.sources[0].info.time_scale)
+    return base, model
 
 
 class Finetuner(RunView):
@@ -60,10 +69,7 @@ class Finetuner(RunView):
             # fine-tune that precedes the refinement; the model's outputs will be these targets.
             refiner.residual_parameters(data.sources[0].info, data.targets)
         self.strategy = STRATEGIES[tune.strategy](tune)
-        with whole_weights_under_zero3():  # surgery reads and writes whole tensors, also under ZeRO-3
-            base = ScOT.from_pretrained(model_args.init_from)
-        model = adapt_channels(base, data.vocabulary, data.targets, data.stats, data.stats, seed=train_args.seed)
-        model.config.time_scale = float(data.sources[0].info.time_scale)
+        base, model = adapted_model(model_args.init_from, data, train_args.seed)
         if tune.from_scratch:  # the same architecture and data description, none of the pretrained weights
             torch.manual_seed(train_args.seed)
             model = ScOT(model.config)

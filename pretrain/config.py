@@ -224,6 +224,7 @@ def parse_dataclasses(
     argv: list[str] | None = None,
     sections: tuple[str, ...] = (),
     check: Callable[..., None] | None = None,
+    needs_datasets: bool = True,
 ) -> tuple:
     """`--config recipe.yaml` plus flags (flags win) into instances of `classes`, then `check(*instances)`.
 
@@ -255,7 +256,7 @@ def parse_dataclasses(
                 close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
                 hints.append(f"{flag}" + (f" (did you mean {close[0]}?)" if close else ""))
             parser.error("unknown option(s): " + ", ".join(hints or unknown))
-        if not parsed[1].datasets:
+        if needs_datasets and not parsed[1].datasets:
             parser.error("--datasets: at least one source is needed")
         if check is not None:
             check(*parsed)

@@ -259,6 +259,18 @@ def _count_train_flops(config: ScOTConfig, grid: tuple[int, int]) -> float:
     return float(counter.get_total_flops())
 
 
+def module_train_flops(model: torch.nn.Module, channels: int, grid: tuple[int, int]) -> float:
+    """Forward + backward FLOPs of one sample through `model` (run once on a zero input; FFTs are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x, t = torch.zeros(1, channels, *grid, device=device), torch.zeros(1, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=x, time=t).output.sum().backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
 def peak_flops(device: torch.device, precision: str, datasheet_tflops: float | None) -> tuple[float, str]:
     """FLOP/s the MFU is relative to: a datasheet figure if given, else a large matmul measured here."""
     if datasheet_tflops:
@@ -322,7 +334,10 @@ class PreparedRun:
         self.config = model.config
         self.group_names = group_names(self.config)
         grid = data.sources[0].grid
-        self.flops_per_sample = train_flops_per_sample(self.config, grid)
+        if isinstance(model, ScOT):
+            self.flops_per_sample = train_flops_per_sample(self.config, grid)
+        else:  # another architecture (a baseline): counted on the module itself
+            self.flops_per_sample = module_train_flops(model, self.config.num_channels, grid)
         self.peak = peak_flops(accelerator.device, train_args.precision, train_args.peak_tflops)
         self.base_optimizer = fused_adamw(param_groups, train_args.learning_rate, train_args.weight_decay)
         scheduler = cosine_with_warmup(
@@ -339,6 +354,11 @@ class PreparedRun:
             drop_last=True,
             persistent_workers=data_args.num_workers > 0,
         )
+        if len(self.loader) == 0:  # every batch would be dropped: the loop would wait for one forever
+            raise ValueError(
+                f"--batch_size {train_args.batch_size}: the training split has {len(data.sampler)} pairs per process, "
+                "fewer than one batch (lower --batch_size, or train on more trajectories)"
+            )
         self.run_args = {
             "model": asdict(model_args),
             "data": asdict(data_args),

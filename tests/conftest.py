@@ -94,6 +94,24 @@ def _fresh_accelerator_state():
 
 
 @pytest.fixture(scope="session")
+def base_dir(tmp_path_factory) -> Path:
+    """A 'pretrained' tiny model on rho, u, v, p (16 x 16), perturbed away from its near-zero init."""
+    from foundation import ScOT, ScOTConfig
+
+    torch.manual_seed(0)
+    config = ScOTConfig.from_preset(
+        "tiny", image_size=16, channel_names=["rho", "u", "v", "p"], output_channel_names=["rho", "u", "v", "p"]
+    )
+    model = ScOT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = tmp_path_factory.mktemp("base") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The README demo at a small size, run once per session."""
     out = tmp_path_factory.mktemp("demo")

@@ -11,6 +11,7 @@ from typing import get_args
 import pytest
 
 from finetune.__main__ import main as finetune_main
+from finetune.benchmark import main as benchmark_main
 from finetune.config import FinetuneArguments
 from finetune.config import parse_args as parse_finetune
 from finetune.study import main as study_main
@@ -21,12 +22,14 @@ ENTRY_POINTS: dict[str, Callable[[list[str]], int]] = {
     "pretrain": pretrain_main,
     "finetune": finetune_main,
     "finetune.study": study_main,
+    "finetune.benchmark": benchmark_main,
 }
 # What each command needs besides the option under test (nothing here exists: parsing must stop first).
 REQUIRED = {
     "pretrain": ["--datasets", "nope.h5"],
     "finetune": ["--datasets", "nope.h5", "--init_from", "no/model"],
     "finetune.study": ["--datasets", "nope.h5", "--init_from", "no/model"],
+    "finetune.benchmark": ["--tasks", "nope.h5", "--init_from", "no/model"],
 }
 
 
@@ -130,9 +133,29 @@ def test_every_learning_rate_is_checked(command, option, tmp_path, capfd):
         (
             "finetune",
             ["--strategy", "lorra"],
-            "argument --strategy: invalid choice: 'lorra' (choose from 'full', 'head', 'lora', 'refiner')",
+            "argument --strategy: invalid choice: 'lorra' (choose from 'full', 'head', 'lora', 'refiner', 'fno')",
         ),
         ("finetune.study", ["--n", "4", "0"], "--n must be >= 1, got [4, 0]"),
+        (
+            "finetune.benchmark",
+            ["--methods", "fno", "unet"],
+            "--methods must be among finetuned, scratch, fno, persistence, got ['unet']",
+        ),
+        (
+            "finetune.benchmark",
+            ["--datasets", "a.h5"],
+            "--datasets is not for a benchmark: its data are the --tasks, one at a time",
+        ),
+        (
+            "finetune.benchmark",
+            ["--strategy", "lora"],
+            "--strategy must be full in a benchmark (it trains its scratch and FNO runs itself)",
+        ),
+        (
+            "finetune.benchmark",
+            ["--tasks", "a=x.h5", "a=y.h5"],
+            "--tasks task names must be unique, got ['a', 'a'] (name them: NAME=SPEC)",
+        ),
         (
             "finetune.study",
             ["--strategy", "refiner"],
@@ -181,7 +204,7 @@ def test_choices_are_literal_types_checked_in_code_too():
     from pretrain.config import ModelArguments, OptionError, Preset, TrainArguments
 
     assert get_args(Preset) == tuple(PRESETS)
-    with pytest.raises(OptionError, match="^--strategy must be one of full, head, lora, refiner, got 'lorra'$"):
+    with pytest.raises(OptionError, match="^--strategy must be one of full, head, lora, refiner, fno, got 'lorra'$"):
         FinetuneArguments(strategy="lorra")
     with pytest.raises(OptionError, match="^--refiner_fit_split must be one of train, val, test, got 'valid'$"):
         FinetuneArguments(refiner_fit_split="valid")

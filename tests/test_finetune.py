@@ -33,22 +33,6 @@ from pretrain.config import DataArguments, ModelArguments, TrainArguments
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A 'pretrained' tiny model on rho, u, v, p (16 x 16), perturbed away from its near-zero init."""
-    torch.manual_seed(0)
-    config = ScOTConfig.from_preset(
-        "tiny", image_size=16, channel_names=["rho", "u", "v", "p"], output_channel_names=["rho", "u", "v", "p"]
-    )
-    model = ScOT(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    folder = tmp_path_factory.mktemp("base") / "model"
-    model.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def ac_file(tmp_path_factory):
     """A PDE the base never saw: Allen-Cahn (u), 20 trajectories of 5 snapshots at 16 x 16."""
     path = tmp_path_factory.mktemp("data") / "allen-cahn.h5"
@@ -441,9 +425,11 @@ def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
     report = run_study(*args, StudyArguments(n=[2, 6]), log=lambda *_: None)
     assert report["n"] == [2, 6] and len(report["finetuned"]) == len(report["scratch"]) == 2
     assert set(report["fit"]) == {"finetuned", "scratch"} and len(report["gains"]) == 2
-    run_args = json.loads((tmp_path / "n2-scratch" / "run_args.json").read_text())
+    # the study is the benchmark's task "allen-cahn" (the file's stem) with two methods: its cells are run folders
+    run_args = json.loads((tmp_path / "allen-cahn" / "scratch" / "n2-seed0-lr0.002" / "run_args.json").read_text())
     assert run_args["train"]["learning_rate"] == 2e-3 and run_args["train"]["max_steps"] == 10
-    result = json.loads((tmp_path / "n6-finetuned" / "result.json").read_text())
+    (cell,) = (tmp_path / "allen-cahn" / "finetuned").glob("n6-seed0-lr*")
+    result = json.loads((cell / "result.json").read_text())
     assert (
         result["from_scratch"] is False
         and result["evaluation"]["median_rel_l1_physical/mean"] == report["finetuned"][1]

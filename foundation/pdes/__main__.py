@@ -1,4 +1,5 @@
-"""`python -m foundation.pdes list | generate ...`: the built-in PDE data generators."""
+"""`python -m foundation.pdes list | generate ... | corpus ...`: the built-in PDE data generators, and a pretraining
+corpus from a recipe (`foundation.pdes.corpus`)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--out", required=True)
     gen.add_argument("--overwrite", action="store_true")
     gen.add_argument("--no-progress", action="store_true")
+    corpus = commands.add_parser("corpus", help="generate a pretraining corpus from a recipe (resumable)")
+    corpus.add_argument("--recipe", required=True, help="corpus recipe YAML (launch/recipes/corpus-*.yaml)")
+    corpus.add_argument("--out", required=True, help="folder of the corpus: one HDF5 file per family")
+    corpus.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if args.command == "corpus":
+        from .corpus import build_corpus, load_recipe
+
+        try:
+            paths = build_corpus(load_recipe(args.recipe), args.out, device=args.device)
+        except (UnstableSettings, ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print("\n".join(map(str, paths)))
+        return 0
     if args.command == "list":
         for fid, fam in sorted(FAMILIES.items()):
             kind = "steady" if fam.steady else f"t_end={fam.t_end}"

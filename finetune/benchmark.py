@@ -1,0 +1,400 @@
+"""Does pretraining pay? Fine-tuned vs scratch vs FNO vs persistence on downstream tasks, per number of training
+trajectories N (the table of the Poseidon paper, reproducible).
+
+    python -m finetune.benchmark --config launch/recipes/benchmark-cpu.yaml --init_from runs/pretrain-corpus-cpu/model
+
+For every task (a `pde:` generator spec or any `open_source` spec, optionally `name=SPEC`), every N and every
+method it trains and evaluates, through the fine-tuning loop (`finetune.trainer`) and the evaluation module
+(`foundation.evaluation`):
+
+    finetuned    the pretrained model, fully fine-tuned (`--strategy full`)
+    scratch      the same architecture and data description, randomly initialised
+    fno          neuraloperator's FNO from scratch (`finetune.baselines.FNOBaseline`, `--strategy fno`)
+    persistence  the state at t_i returned for t_j (time-dependent tasks); the mean training target (steady ones)
+
+Fair by construction: one test split per task (generated once, shared by every N and method), nested training sets
+(the first N trajectories), one step budget and batch for every trained method, each method's learning rate chosen
+on the validation split from its own small grid (median over seeds), the seeds' median and spread reported on test.
+Every (task, method, N, seed, learning rate) is a run folder with `cell.json`; an interrupted benchmark resumes
+and skips finished cells (a cell cut short resumes from its checkpoint).
+
+Writes benchmark.json, benchmark.md and benchmark.png into --output_dir: the median test error per task x N x
+method, and per task the accuracy gain (error ratio) and efficiency gain (trajectories a method needs for the
+fine-tuned error, from a power-law fit of its curve; flagged where the fit extrapolates) against scratch and FNO.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from foundation.data import DataError, open_source
+from foundation.evaluation import HEADLINE, evaluate, headline
+from pretrain.config import (
+    DataArguments,
+    ModelArguments,
+    OptionError,
+    TrainArguments,
+    check_range,
+    parse_dataclasses,
+)
+
+from .config import FinetuneArguments, check
+
+METHODS = ("finetuned", "scratch", "fno", "persistence")
+TRAINED = ("finetuned", "scratch", "fno")
+
+
+@dataclass
+class BenchmarkArguments:
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Downstream tasks: SPEC or NAME=SPEC (pde: generator specs or open_source specs)."},
+    )
+    n: list[int] = field(default_factory=lambda: [8, 32], metadata={"help": "Training trajectory counts."})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Of {', '.join(METHODS)}."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Seeds of every trained cell."})
+    finetuned_learning_rates: list[float] = field(
+        default_factory=lambda: [2e-4, 5e-4], metadata={"help": "Grid of the fine-tuned body's learning rate."}
+    )
+    scratch_learning_rates: list[float] = field(
+        default_factory=lambda: [1e-3, 2e-3], metadata={"help": "Grid of the scratch runs' learning rate."}
+    )
+    fno_learning_rates: list[float] = field(
+        default_factory=lambda: [1e-3, 3e-3], metadata={"help": "Grid of the FNO's learning rate."}
+    )
+    eval_max_pairs: int = field(default=1024, metadata={"help": "Pairs of each evaluation (evenly spaced)."})
+    rollout_trajectories: int = field(default=8, metadata={"help": "Trajectories of each evaluation's rollout."})
+
+    def __post_init__(self):
+        check_range(self, "n", low=1)
+        check_range(self, "eval_max_pairs", "rollout_trajectories", low=1)
+        check_range(self, "finetuned_learning_rates", "scratch_learning_rates", "fno_learning_rates")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise OptionError("methods", f"must be among {', '.join(METHODS)}, got {unknown}")
+        if not self.seeds:
+            raise OptionError("seeds", "needs at least one seed")
+
+    def learning_rates(self, method: str) -> list[float]:
+        return {
+            "finetuned": self.finetuned_learning_rates,
+            "scratch": self.scratch_learning_rates,
+            "fno": self.fno_learning_rates,
+        }.get(method, [0.0])
+
+    def task_list(self) -> list[tuple[str, str]]:
+        """(name, spec) per task; a name defaults to the family of a `pde:` spec or the file stem."""
+        out = []
+        for item in self.tasks:
+            name, eq, spec = item.partition("=")
+            if not eq or ":" in name or "/" in name:
+                spec = item
+                name = spec.split(":")[1] if spec.startswith("pde:") else Path(spec.split(":")[-1]).stem
+            out.append((name, spec))
+        names = [n for n, _ in out]
+        if len(set(names)) != len(names):
+            raise OptionError("tasks", f"task names must be unique, got {names} (name them: NAME=SPEC)")
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- gains
+def fit_power_law(n: list[float], error: list[float]) -> tuple[float, float]:
+    """(C, a) of error = C N^-a, least squares on log error vs log N."""
+    slope, intercept = np.polyfit(np.log(np.asarray(n, float)), np.log(np.asarray(error, float)), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def gains(ns: list[int], finetuned: list[float], baseline: list[float]) -> list[dict]:
+    """Per N: accuracy gain (baseline error / fine-tuned error, measured) and efficiency gain (trajectories the
+    baseline's power-law fit needs to reach the fine-tuned error, over N; flagged where it extrapolates)."""
+    c, a = fit_power_law(ns, baseline)
+    rows = []
+    for n, e_ft, e_b in zip(ns, finetuned, baseline):
+        needed = (c / e_ft) ** (1 / a) if a > 0 else float("inf")
+        rows.append(
+            {
+                "n": n,
+                "finetuned": e_ft,
+                "baseline": e_b,
+                "accuracy_gain": e_b / e_ft,
+                "trajectories_needed": needed,
+                "efficiency_gain": needed / n,
+                "extrapolated": bool(needed > max(ns) or needed < min(ns)),
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- cells
+def cell_folder(root: Path, task: str, method: str, n: int | None, seed: int | None, lr: float) -> Path:
+    parts = [f"n{n}" if n is not None else "all"]
+    if seed is not None:
+        parts.append(f"seed{seed}")
+    if lr:
+        parts.append(f"lr{lr:g}")
+    return root / task / method / "-".join(parts)
+
+
+def _evaluate(model, spec: str, split: str, bench: BenchmarkArguments, data_args: DataArguments) -> dict:
+    source = open_source(spec, fill_stats=True)
+    result, _ = evaluate(
+        model,
+        [source],
+        split=split,
+        max_pairs=bench.eval_max_pairs,
+        rollout_trajectories=bench.rollout_trajectories,
+        stride=data_args.stride,
+        max_snapshots=data_args.max_snapshots,
+    )
+    return result
+
+
+def run_trained_cell(
+    folder: Path, method: str, spec: str, n: int, seed: int, lr: float, args: tuple, bench: BenchmarkArguments
+) -> dict:
+    """Train one method on the first `n` trajectories (the fine-tuning loop), then evaluate it on val and test."""
+    from .evaluate import load_model
+    from .trainer import Finetuner
+
+    model_args, data_args, train_args, tune = (copy.deepcopy(a) for a in args)
+    data_args.datasets = [spec]
+    train_args.output_dir, train_args.learning_rate, train_args.seed = str(folder), lr, seed
+    tune.train_trajectories, tune.eval_split = n, "test"
+    tune.strategy = {"finetuned": tune.strategy, "scratch": "full", "fno": "fno"}[method]
+    tune.from_scratch = method == "scratch"
+    start = time.perf_counter()
+    outcome = Finetuner(model_args, data_args, train_args, tune).train()
+    val = _evaluate(load_model(outcome["model"]), spec, "val", bench, data_args)
+    test = json.loads((folder / "evaluation" / "evaluation.json").read_text())
+    return {
+        "val": val[HEADLINE],
+        "test": test[HEADLINE],
+        "test_metrics": headline(test),
+        "rollout": test.get("rollout", {}),
+        "steps": outcome["step"],
+        "trainable_parameters": outcome["parameters"]["trainable"],
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def run_baseline_cell(spec: str, n: int, args: tuple, bench: BenchmarkArguments) -> dict:
+    """Persistence (time-dependent) or the training mean of the first `n` trajectories (steady), on val and test."""
+    from pretrain.trainer import build_data
+
+    from .baselines import Persistence, TrainingMean
+    from .trainer import adapted_model
+
+    model_args, data_args, train_args, _ = (copy.deepcopy(a) for a in args)
+    data_args.datasets = [spec]
+    data = build_data(data_args, train_args.seed, 0, 1, n)
+    _, scot = adapted_model(model_args.init_from, data, train_args.seed)
+    steady = data.sources[0].info.steady
+    model = TrainingMean.fit(scot.config, data.train_set) if steady else Persistence(scot.config)
+    val, test = (_evaluate(model, spec, split, bench, data_args) for split in ("val", "test"))
+    kind = "training mean" if steady else "persistence"
+    return {"val": val[HEADLINE], "test": test[HEADLINE], "test_metrics": headline(test), "baseline": kind}
+
+
+def cell(root: Path, task: str, method: str, spec: str, n: int, seed: int, lr: float, args, bench, log) -> dict:
+    """One finished cell: read back if done before (resume), else run and record."""
+    folder = cell_folder(root, task, method, n, seed if method in TRAINED else None, lr)
+    done = folder / "cell.json"
+    budget = {"max_steps": args[2].max_steps, "batch_size": args[2].batch_size} if method in TRAINED else {}
+    if done.exists():
+        record = json.loads(done.read_text())
+        if record.get("budget", {}) != budget:
+            raise ValueError(
+                f"{done}: finished with budget {record.get('budget')}, this benchmark's is {budget}: "
+                "a resumed benchmark must keep its budget (use another --output_dir)"
+            )
+        log(f"[benchmark] {task} {method} N={n} seed={seed} lr={lr:g}: done before, skipped")
+        return record
+    if method in TRAINED:
+        result = run_trained_cell(folder, method, spec, n, seed, lr, args, bench)
+    else:
+        result = run_baseline_cell(spec, n, args, bench)
+    record = {"task": task, "method": method, "n": n, "seed": seed, "learning_rate": lr, "budget": budget, **result}
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(record, indent=2))  # last: a cell without it runs again (resuming its checkpoint)
+    log(f"[benchmark] {task} {method} N={n} seed={seed} lr={lr:g}: val {record['val']:.3f}, test {record['test']:.3f}")
+    return record
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def run_benchmark(model_args, data_args, train_args, tune, bench: BenchmarkArguments, log=print) -> dict:
+    root = Path(train_args.output_dir)
+    args = (model_args, data_args, train_args, tune)
+    from .data import resolve_specs
+
+    report: dict = {
+        "metric": HEADLINE,
+        "init_from": model_args.init_from,
+        "budget": {"max_steps": train_args.max_steps, "batch_size": train_args.batch_size},
+        "n": list(bench.n),
+        "seeds": list(bench.seeds),
+        "methods": list(bench.methods),
+        "learning_rate_grids": {m: bench.learning_rates(m) for m in bench.methods if m in TRAINED},
+        "tasks": {},
+    }
+    for name, raw in bench.task_list():
+        (spec,) = resolve_specs([raw], root / "data")  # generated once: one test set for every N and method
+        with open_source(spec) as source:
+            steady = source.info.steady
+        task: dict = {"spec": raw, "data": spec, "steady": steady, "methods": {}}
+        for method in bench.methods:
+            rows = {}
+            for n in bench.n:
+                seeds = bench.seeds if method in TRAINED else [None]
+                by_lr = {}
+                for lr in bench.learning_rates(method):
+                    by_lr[lr] = [cell(root, name, method, spec, n, s, lr, args, bench, log) for s in seeds]
+                best = min(by_lr, key=lambda lr: float(np.median([c["val"] for c in by_lr[lr]])))
+                tests = [c["test"] for c in by_lr[best]]
+                rows[str(n)] = {
+                    "learning_rate": best,
+                    "test": float(np.median(tests)),
+                    "test_min": float(np.min(tests)),
+                    "test_max": float(np.max(tests)),
+                    "test_by_seed": tests,
+                    "val_by_learning_rate": {
+                        f"{lr:g}": float(np.median([c["val"] for c in by_lr[lr]])) for lr in by_lr
+                    },
+                }
+            task["methods"][method] = rows
+        ns = list(bench.n)
+        if "finetuned" in task["methods"]:
+            finetuned = [task["methods"]["finetuned"][str(n)]["test"] for n in ns]
+            task["gains"] = {}
+            for baseline in ("scratch", "fno", "persistence"):
+                if baseline in task["methods"] and len(ns) >= 2:
+                    errors = [task["methods"][baseline][str(n)]["test"] for n in ns]
+                    if baseline == "persistence" and not steady:  # no curve: it does not learn
+                        task["gains"][baseline] = [{"n": n, "ratio": f / e} for n, f, e in zip(ns, finetuned, errors)]
+                    else:
+                        task["gains"][baseline] = gains(ns, finetuned, errors)
+        report["tasks"][name] = task
+        write(report, root)  # after each task: an interrupted benchmark still leaves the finished tasks
+    write(report, root, plot=True)
+    return report
+
+
+def write(report: dict, root: Path, plot: bool = False) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "benchmark.json").write_text(json.dumps(report, indent=2))
+    (root / "benchmark.md").write_text(table(report))
+    if plot:
+        figure(report, root / "benchmark.png")
+
+
+def table(report: dict) -> str:
+    methods = report["methods"]
+    lines = [
+        f"Test {report['metric']} (%), median over seeds {report['seeds']} [min-max]; every trained method "
+        f"{report['budget']['max_steps']} steps x batch {report['budget']['batch_size']}, learning rate chosen on "
+        "validation; persistence is the training mean on steady tasks. Pretrained model: "
+        + str(report["init_from"])
+        + "\n",
+        "| task | N | "
+        + " | ".join(methods)
+        + " | fine-tuned / scratch | fine-tuned / FNO | fine-tuned / persistence |",
+        "|---|---|" + "---|" * (len(methods) + 3),
+    ]
+    for name, task in report["tasks"].items():
+        for n in report["n"]:
+            cells, errors = [], {}
+            for method in methods:
+                row = task["methods"].get(method, {}).get(str(n))
+                if row is None:
+                    cells.append("-")
+                    continue
+                errors[method] = row["test"]
+                spread = f" [{row['test_min']:.2f}-{row['test_max']:.2f}]" if len(row["test_by_seed"]) > 1 else ""
+                cells.append(f"{row['test']:.2f}{spread}")
+            ratios = [
+                f"{errors['finetuned'] / errors[b]:.2f}" if "finetuned" in errors and b in errors else "-"
+                for b in ("scratch", "fno", "persistence")
+            ]
+            lines.append(f"| {name} | {n} | " + " | ".join(cells + ratios) + " |")
+    for name, task in report["tasks"].items():
+        for baseline, rows in (task.get("gains") or {}).items():
+            if rows and "efficiency_gain" in rows[0]:
+                text = ", ".join(
+                    f"N={r['n']}: AG {r['accuracy_gain']:.2f}, EG {r['efficiency_gain']:.3g}"
+                    + (" (extrapolated)" if r["extrapolated"] else "")
+                    for r in rows
+                )
+                lines.append(f"\n{name} vs {baseline}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def figure(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(report["tasks"].items())
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    ns = np.asarray(report["n"], float)
+    for ax, (name, task) in zip(axes[0], tasks):
+        for method, rows in task["methods"].items():
+            ys = [rows[str(n)]["test"] for n in report["n"]]
+            lo = [rows[str(n)]["test"] - rows[str(n)]["test_min"] for n in report["n"]]
+            hi = [rows[str(n)]["test_max"] - rows[str(n)]["test"] for n in report["n"]]
+            ax.errorbar(ns, ys, yerr=[lo, hi], marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("training trajectories N")
+        ax.set_ylabel("test median rel. L1 (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def check_benchmark(model_args, data_args, train_args, tune: FinetuneArguments, bench: BenchmarkArguments) -> None:
+    check(tune, model_args, train_args)
+    if data_args.datasets:
+        raise OptionError("datasets", "is not for a benchmark: its data are the --tasks, one at a time")
+    if not bench.tasks:
+        raise OptionError("tasks", "needs at least one downstream task (SPEC or NAME=SPEC)")
+    bench.task_list()
+    if tune.strategy != "full" or tune.from_scratch:
+        raise OptionError("strategy", "must be full in a benchmark (it trains its scratch and FNO runs itself)")
+
+
+def cli(argv, extra: type, section: str, check_all, run, render, needs_datasets: bool = True) -> int:
+    """The entry point of a comparison (this benchmark, `finetune.study`): parse the run's dataclasses plus `extra`
+    (recipe section `section`), run, print `render(report)`; bad input ends in one error line and exit code 2."""
+    classes = (ModelArguments, DataArguments, TrainArguments, FinetuneArguments, extra)
+    *parsed, _ = parse_dataclasses(
+        classes, argv, sections=("finetune", section), check=check_all, needs_datasets=needs_datasets
+    )
+    try:
+        from pretrain.trainer import setup_runtime
+
+        setup_runtime()
+        report = run(*parsed)
+    except (DataError, ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(render(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(argv, BenchmarkArguments, "benchmark", check_benchmark, run_benchmark, table, needs_datasets=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""The transfer benchmark (`finetune.benchmark`) at tiny settings, and the pretraining corpus command: the table is
+its cells, persistence is what it says, resuming skips what is done, a corpus never holds a benchmark task."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from finetune import load_model
+from finetune.baselines import FNOBaseline
+from finetune.benchmark import BenchmarkArguments, cell_folder, run_benchmark
+from finetune.config import FinetuneArguments
+from foundation.data import open_source
+from foundation.evaluation import HEADLINE
+from foundation.pdes.corpus import RecipeError, build_corpus, load_recipe
+from pretrain.config import DataArguments, ModelArguments, TrainArguments
+
+TASKS = [
+    "pde:allen-cahn:n=12,resolution=16,snapshots=4,seed=3,val=2,test=4,eps=0.08",
+    "pde:poisson-gauss:n=12,resolution=16,seed=3,val=2,test=4",
+]
+
+
+def arguments(base_dir, out):
+    return (
+        ModelArguments(init_from=str(base_dir)),
+        DataArguments(datasets=[], eval_pairs=8),
+        TrainArguments(
+            output_dir=str(out),
+            max_steps=3,
+            batch_size=2,
+            warmup_steps=1,
+            eval_every=0,
+            save_every=0,
+            tracker="none",
+        ),
+        FinetuneArguments(strategy="full", fno_modes=4, fno_width=8, fno_layers=2),
+        BenchmarkArguments(
+            tasks=TASKS,
+            n=[2, 4],
+            seeds=[0],
+            finetuned_learning_rates=[5e-4],
+            scratch_learning_rates=[1e-3],
+            fno_learning_rates=[1e-3],
+            eval_max_pairs=64,
+            rollout_trajectories=2,
+        ),
+    )
+
+
+def persistence_by_hand(path) -> float:
+    """Median over all2all test pairs (i < j) of |u_i - u_j|_1 / |u_j|_1, in %, read straight from the file."""
+    errors = []
+    with open_source(path) as source:
+        for traj in source.split("test"):
+            states = [source.read(traj, k)[0].astype(np.float64) for k in range(source.num_snapshots)]
+            for i in range(len(states)):
+                for j in range(i + 1, len(states)):
+                    errors.append(100 * np.abs(states[i] - states[j]).sum() / np.abs(states[j]).sum())
+    return float(np.median(errors))
+
+
+@pytest.mark.slow
+def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(base_dir, tmp_path):
+    logs: list[str] = []
+    report = run_benchmark(*arguments(base_dir, tmp_path), log=logs.append)
+    assert list(report["tasks"]) == ["allen-cahn", "poisson-gauss"]
+    cells = 0
+    for name, task in report["tasks"].items():
+        assert set(task["methods"]) == {"finetuned", "scratch", "fno", "persistence"}
+        for method in ("finetuned", "scratch", "fno"):
+            for n in (2, 4):
+                row = task["methods"][method][str(n)]
+                folder = cell_folder(tmp_path, name, method, n, 0, row["learning_rate"])
+                evaluation = json.loads((folder / "evaluation" / "evaluation.json").read_text())
+                assert row["test"] == evaluation[HEADLINE] and row["test_by_seed"] == [evaluation[HEADLINE]]
+                trained = json.loads((folder / "result.json").read_text())
+                assert trained["step"] == 3 and trained["strategy"] == {"fno": "fno"}.get(method, "full")
+                assert trained["from_scratch"] is (method == "scratch")
+                cells += 1
+        cells += 2  # persistence / training mean, per N
+    allen_cahn = report["tasks"]["allen-cahn"]
+    for n in (2, 4):  # persistence does not depend on N, and is exactly the hand computation
+        assert allen_cahn["methods"]["persistence"][str(n)]["test"] == pytest.approx(
+            persistence_by_hand(allen_cahn["data"]), rel=1e-5
+        )
+    assert report["tasks"]["poisson-gauss"]["steady"] is True
+    fno = load_model(cell_folder(tmp_path, "allen-cahn", "fno", 2, 0, 1e-3) / "model")
+    assert isinstance(fno, FNOBaseline) and fno.config.output_channel_names == ["u"]
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| allen-cahn | 2 |" in table and "| poisson-gauss | 4 |" in table
+    assert json.loads((tmp_path / "benchmark.json").read_text()) == json.loads(json.dumps(report))
+    assert (tmp_path / "benchmark.png").stat().st_size > 1000
+
+    # an interrupted or repeated benchmark skips every finished cell: nothing trains, nothing is rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("cell.json")}
+    assert len(stamps) == cells
+    logs.clear()
+    again = run_benchmark(*arguments(base_dir, tmp_path), log=logs.append)
+    assert again == report and sum("done before, skipped" in line for line in logs) == cells
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("cell.json")} == stamps
+
+    # a different budget is not mixed into the finished cells
+    args = arguments(base_dir, tmp_path)
+    args[2].max_steps = 4
+    with pytest.raises(ValueError, match="must keep its budget"):
+        run_benchmark(*args, log=logs.append)
+
+
+def test_corpus_generates_each_family_once_and_refuses_benchmark_tasks(tmp_path):
+    recipe = tmp_path / "corpus.yaml"
+    recipe.write_text(
+        "resolution: 16\nsnapshots: 3\nseed: 5\nfamilies:\n  ns-sines: {n: 2}\n  ns-gauss: {n: 2, seed: 9}\n"
+    )
+    entries = load_recipe(recipe)
+    assert [(e.family, e.seed) for e in entries] == [("ns-sines", 5), ("ns-gauss", 9)]
+    logs: list[str] = []
+    paths = build_corpus(entries, tmp_path / "corpus", log=logs.append)
+    assert [p.name for p in paths] == ["ns-sines.h5", "ns-gauss.h5"]
+    with open_source(paths[0]) as source:
+        assert source.shape[:2] == (2, 3) and source.info.provenance["seed"] == 5
+    manifest = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
+    assert manifest["families"]["ns-gauss"]["seed"] == 9 and manifest["families"]["ns-sines"]["n"] == 2
+
+    os.remove(paths[1])  # as if interrupted during the second family
+    stamp = paths[0].stat().st_mtime_ns
+    logs.clear()
+    build_corpus(entries, tmp_path / "corpus", log=logs.append)
+    assert paths[0].stat().st_mtime_ns == stamp and paths[1].exists()
+    assert "ns-sines: " in logs[0] and "already generated, skipped" in logs[0] and "2 trajectories" in logs[1]
+
+    recipe.write_text("resolution: 16\nsnapshots: 3\nfamilies:\n  ns-sines: {n: 3}\n")  # other settings, same file
+    with pytest.raises(RecipeError, match="ns-sines.h5 exists with .* delete it or choose another --out"):
+        build_corpus(load_recipe(recipe), tmp_path / "corpus")
+    assert paths[0].stat().st_mtime_ns == stamp  # never overwritten
+    recipe.write_text("families:\n  ns-sines: {n: 2}\n  allen-cahn: {n: 2}\n")
+    with pytest.raises(RecipeError, match="families.allen-cahn: reserved for the downstream benchmark"):
+        load_recipe(recipe)
+    recipe.write_text("families:\n  ns-sines: {n: 2, resolutoin: 8}\n")
+    with pytest.raises(RecipeError, match=r"families.ns-sines: unknown keys \['resolutoin'\]"):
+        load_recipe(recipe)
