@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from finetune import load_model
 from finetune.baselines import FNOBaseline
@@ -142,3 +143,29 @@ def test_corpus_generates_each_family_once_and_refuses_benchmark_tasks(tmp_path)
     recipe.write_text("families:\n  ns-sines: {n: 2, resolutoin: 8}\n")
     with pytest.raises(RecipeError, match=r"families.ns-sines: unknown keys \['resolutoin'\]"):
         load_recipe(recipe)
+
+
+def test_benchmark_and_corpus_recipes_parse():
+    from finetune.benchmark import check_benchmark
+    from foundation.pdes.corpus import RESERVED
+    from pretrain.config import parse_dataclasses
+
+    classes = (ModelArguments, DataArguments, TrainArguments, FinetuneArguments, BenchmarkArguments)
+    for recipe in sorted((REPO_ROOT / "launch" / "recipes").glob("benchmark*.yaml")):
+        argv = ["--config", str(recipe), "--init_from", "some/model"]
+        *_, bench, _ = parse_dataclasses(
+            classes, argv, sections=("finetune", "benchmark"), check=check_benchmark, needs_datasets=False
+        )
+        names = [name for name, _ in bench.task_list()]
+        assert len(names) >= 4 and set(names) <= set(RESERVED) and bench.n == [8, 32] and len(bench.seeds) == 2
+    corpus = load_recipe(REPO_ROOT / "launch" / "recipes" / "corpus-cpu.yaml")
+    assert {e.family for e in corpus} == {
+        "ns-sines",
+        "ns-gauss",
+        "ns-pwc",
+        "ns-sl",
+        "ns-tracer-pwc",
+        "ce-rp",
+        "ce-kh",
+        "ce-gauss",
+    }
