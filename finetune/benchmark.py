@@ -156,6 +156,16 @@ def _evaluate(model, spec: str, split: str, bench: BenchmarkArguments, data_args
     return result
 
 
+def training_pairs(spec: str, n: int, data_args: DataArguments) -> int:
+    """All2all training pairs of the first `n` training trajectories of `spec`."""
+    from foundation.data import All2AllPairs
+
+    options = dict(stride=data_args.stride, max_snapshots=data_args.max_snapshots)
+    with open_source(spec) as source:
+        pairs = All2AllPairs(source, "train", include_identity=data_args.include_identity, normalize=False, **options)
+        return n * len(pairs.pattern)
+
+
 def run_trained_cell(
     folder: Path, method: str, spec: str, n: int, seed: int, lr: float, args: tuple, bench: BenchmarkArguments
 ) -> dict:
@@ -166,6 +176,9 @@ def run_trained_cell(
     model_args, data_args, train_args, tune = (copy.deepcopy(a) for a in args)
     data_args.datasets = [spec]
     train_args.output_dir, train_args.learning_rate, train_args.seed = str(folder), lr, seed
+    # A steady task has one pair per trajectory: N = 8 of them cannot fill a batch of 16. Such a cell trains on
+    # all its pairs per step instead (same steps; recorded in the cell as its batch).
+    train_args.batch_size = min(train_args.batch_size, training_pairs(spec, n, data_args))
     tune.train_trajectories, tune.eval_split = n, "test"
     tune.strategy = {"finetuned": tune.strategy, "scratch": "full", "fno": "fno"}[method]
     tune.from_scratch = method == "scratch"
@@ -179,6 +192,7 @@ def run_trained_cell(
         "test_metrics": headline(test),
         "rollout": test.get("rollout", {}),
         "steps": outcome["step"],
+        "batch_size": train_args.batch_size,
         "trainable_parameters": outcome["parameters"]["trainable"],
         "wall_s": round(time.perf_counter() - start, 1),
     }

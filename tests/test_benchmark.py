@@ -32,7 +32,7 @@ def arguments(base_dir, out):
         TrainArguments(
             output_dir=str(out),
             max_steps=3,
-            batch_size=2,
+            batch_size=3,
             warmup_steps=1,
             eval_every=0,
             save_every=0,
@@ -81,6 +81,9 @@ def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(bas
                 trained = json.loads((folder / "result.json").read_text())
                 assert trained["step"] == 3 and trained["strategy"] == {"fno": "fno"}.get(method, "full")
                 assert trained["from_scratch"] is (method == "scratch")
+                # a steady task's N = 2 trajectories are 2 pairs: its batch is all of them, not 3
+                batch = json.loads((folder / "cell.json").read_text())["batch_size"]
+                assert batch == (min(n, 3) if task["steady"] else 3)
                 cells += 1
         cells += 2  # persistence / training mean, per N
     allen_cahn = report["tasks"]["allen-cahn"]
