@@ -142,14 +142,14 @@ def cell_folder(root: Path, task: str, method: str, n: int | None, seed: int | N
     return root / task / method / "-".join(parts)
 
 
-def _evaluate(model, spec: str, split: str, bench: BenchmarkArguments, data_args: DataArguments) -> dict:
+def _evaluate(model, spec: str, split: str, bench: BenchmarkArguments, data_args, rollout: bool = True) -> dict:
     source = open_source(spec, fill_stats=True)
     result, _ = evaluate(
         model,
         [source],
         split=split,
         max_pairs=bench.eval_max_pairs,
-        rollout_trajectories=bench.rollout_trajectories,
+        rollout_trajectories=bench.rollout_trajectories if rollout else 0,  # validation: only the choice
         stride=data_args.stride,
         max_snapshots=data_args.max_snapshots,
     )
@@ -180,11 +180,13 @@ def run_trained_cell(
     # all its pairs per step instead (same steps; recorded in the cell as its batch).
     train_args.batch_size = min(train_args.batch_size, training_pairs(spec, n, data_args))
     tune.train_trajectories, tune.eval_split = n, "test"
+    tune.eval_max_pairs, tune.eval_rollout_trajectories = bench.eval_max_pairs, bench.rollout_trajectories
+    tune.eval_plots = False  # a table of numbers: the cells' evaluation.json, not their figures
     tune.strategy = {"finetuned": tune.strategy, "scratch": "full", "fno": "fno"}[method]
     tune.from_scratch = method == "scratch"
     start = time.perf_counter()
     outcome = Finetuner(model_args, data_args, train_args, tune).train()
-    val = _evaluate(load_model(outcome["model"]), spec, "val", bench, data_args)
+    val = _evaluate(load_model(outcome["model"]), spec, "val", bench, data_args, rollout=False)
     test = json.loads((folder / "evaluation" / "evaluation.json").read_text())
     return {
         "val": val[HEADLINE],
@@ -211,7 +213,8 @@ def run_baseline_cell(spec: str, n: int, args: tuple, bench: BenchmarkArguments)
     _, scot = adapted_model(model_args.init_from, data, train_args.seed)
     steady = data.sources[0].info.steady
     model = TrainingMean.fit(scot.config, data.train_set) if steady else Persistence(scot.config)
-    val, test = (_evaluate(model, spec, split, bench, data_args) for split in ("val", "test"))
+    val = _evaluate(model, spec, "val", bench, data_args, rollout=False)
+    test = _evaluate(model, spec, "test", bench, data_args)
     kind = "training mean" if steady else "persistence"
     return {"val": val[HEADLINE], "test": test[HEADLINE], "test_metrics": headline(test), "baseline": kind}
 

@@ -124,6 +124,11 @@ class FinetuneArguments(LoraOptions, RefinerOptions, FnoOptions):
         default=None, metadata={"help": "Use only the first N training trajectories (sample-efficiency studies)."}
     )
     eval_split: Split = field(default="test", metadata={"help": "Split of the final evaluation (held-out)."})
+    eval_max_pairs: int = field(default=1024, metadata={"help": "Pairs of the final evaluation (evenly spaced)."})
+    eval_rollout_trajectories: int = field(
+        default=8, metadata={"help": "Trajectories of the final evaluation's rollout (0: none)."}
+    )
+    eval_plots: bool = field(default=True, metadata={"help": "Plots of the final evaluation (PNG)."})
 
     def __post_init__(self):
         check_choices(self)
@@ -131,7 +136,8 @@ class FinetuneArguments(LoraOptions, RefinerOptions, FnoOptions):
         RefinerOptions.__post_init__(self)
         FnoOptions.__post_init__(self)
         check_range(self, "head_learning_rate", "norm_learning_rate")
-        check_range(self, "train_trajectories", low=1)
+        check_range(self, "train_trajectories", "eval_max_pairs", low=1)
+        check_range(self, "eval_rollout_trajectories")
 
 
 def ignored_options(tune: FinetuneArguments) -> list[str]:

@@ -57,10 +57,18 @@ def evaluate_model(model, sources: list, out_dir: str | Path | None = None, plot
     return result
 
 
-def evaluate_run(model_dir: Path, specs: list[str], data_args, split: str, out_dir: Path) -> dict:
-    """Evaluation of a fine-tuning run's exported model (and of the model before refinement, if any) on `split`
-    of the sources `specs`, with the run's stride and snapshot limit (`data_args`)."""
-    kwargs = dict(split=split, stride=data_args.stride, max_snapshots=data_args.max_snapshots)
+def evaluate_run(model_dir: Path, specs: list[str], data_args, tune, out_dir: Path) -> dict:
+    """Evaluation of a fine-tuning run's exported model (and of the model before refinement, if any) on the
+    `tune.eval_split` of the sources `specs`, with the run's stride and snapshot limit (`data_args`) and the
+    evaluation options of `tune` (pairs, rollout trajectories, plots)."""
+    kwargs = dict(
+        split=tune.eval_split,
+        stride=data_args.stride,
+        max_snapshots=data_args.max_snapshots,
+        max_pairs=tune.eval_max_pairs,
+        rollout_trajectories=tune.eval_rollout_trajectories,
+        plots=tune.eval_plots,
+    )
     sources = [open_source(spec, fill_stats=True) for spec in specs]
     result = evaluate_model(load_model(model_dir), sources, out_dir=out_dir, **kwargs)
     before = model_dir.with_name("model-before-refiner")

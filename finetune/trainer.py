@@ -118,7 +118,7 @@ class Finetuner(RunView):
                     Path(result["model"]),
                     self.run.data.specs,
                     self.run.data_args,
-                    self.tune.eval_split,
+                    self.tune,
                     self.run.out / "evaluation",
                 )
             (self.run.out / "result.json").write_text(json.dumps(result, indent=2, default=str))

@@ -46,8 +46,8 @@ def arguments(base_dir, out):
             finetuned_learning_rates=[5e-4],
             scratch_learning_rates=[1e-3],
             fno_learning_rates=[1e-3],
-            eval_max_pairs=64,
-            rollout_trajectories=2,
+            eval_max_pairs=32,
+            rollout_trajectories=1,
         ),
     )
 
