@@ -69,12 +69,9 @@ class BenchmarkArguments:
     fno_learning_rates: list[float] = field(
         default_factory=lambda: [1e-3, 3e-3], metadata={"help": "Grid of the FNO's learning rate."}
     )
-    eval_max_pairs: int = field(default=1024, metadata={"help": "Pairs of each evaluation (evenly spaced)."})
-    rollout_trajectories: int = field(default=8, metadata={"help": "Trajectories of each evaluation's rollout."})
 
     def __post_init__(self):
         check_range(self, "n", low=1)
-        check_range(self, "eval_max_pairs", "rollout_trajectories", low=1)
         check_range(self, "finetuned_learning_rates", "scratch_learning_rates", "fno_learning_rates")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -142,14 +139,15 @@ def cell_folder(root: Path, task: str, method: str, n: int | None, seed: int | N
     return root / task / method / "-".join(parts)
 
 
-def _evaluate(model, spec: str, split: str, bench: BenchmarkArguments, data_args, rollout: bool = True) -> dict:
+def _evaluate(model, spec: str, split: str, tune: FinetuneArguments, data_args, rollout: bool = True) -> dict:
+    """`foundation.evaluation.evaluate` with the run's evaluation options (`--eval_max_pairs`, ...)."""
     source = open_source(spec, fill_stats=True)
     result, _ = evaluate(
         model,
         [source],
         split=split,
-        max_pairs=bench.eval_max_pairs,
-        rollout_trajectories=bench.rollout_trajectories if rollout else 0,  # validation: only the choice
+        max_pairs=tune.eval_max_pairs,
+        rollout_trajectories=tune.eval_rollout_trajectories if rollout else 0,  # validation: only the choice
         stride=data_args.stride,
         max_snapshots=data_args.max_snapshots,
     )
@@ -180,13 +178,12 @@ def run_trained_cell(
     # all its pairs per step instead (same steps; recorded in the cell as its batch).
     train_args.batch_size = min(train_args.batch_size, training_pairs(spec, n, data_args))
     tune.train_trajectories, tune.eval_split = n, "test"
-    tune.eval_max_pairs, tune.eval_rollout_trajectories = bench.eval_max_pairs, bench.rollout_trajectories
     tune.eval_plots = False  # a table of numbers: the cells' evaluation.json, not their figures
     tune.strategy = {"finetuned": tune.strategy, "scratch": "full", "fno": "fno"}[method]
     tune.from_scratch = method == "scratch"
     start = time.perf_counter()
     outcome = Finetuner(model_args, data_args, train_args, tune).train()
-    val = _evaluate(load_model(outcome["model"]), spec, "val", bench, data_args, rollout=False)
+    val = _evaluate(load_model(outcome["model"]), spec, "val", tune, data_args, rollout=False)
     test = json.loads((folder / "evaluation" / "evaluation.json").read_text())
     return {
         "val": val[HEADLINE],
@@ -207,14 +204,14 @@ def run_baseline_cell(spec: str, n: int, args: tuple, bench: BenchmarkArguments)
     from .baselines import Persistence, TrainingMean
     from .trainer import adapted_model
 
-    model_args, data_args, train_args, _ = (copy.deepcopy(a) for a in args)
+    model_args, data_args, train_args, tune = (copy.deepcopy(a) for a in args)
     data_args.datasets = [spec]
     data = build_data(data_args, train_args.seed, 0, 1, n)
     _, scot = adapted_model(model_args.init_from, data, train_args.seed)
     steady = data.sources[0].info.steady
     model = TrainingMean.fit(scot.config, data.train_set) if steady else Persistence(scot.config)
-    val = _evaluate(model, spec, "val", bench, data_args, rollout=False)
-    test = _evaluate(model, spec, "test", bench, data_args)
+    val = _evaluate(model, spec, "val", tune, data_args, rollout=False)
+    test = _evaluate(model, spec, "test", tune, data_args)
     kind = "training mean" if steady else "persistence"
     return {"val": val[HEADLINE], "test": test[HEADLINE], "test_metrics": headline(test), "baseline": kind}
 

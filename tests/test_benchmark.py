@@ -38,7 +38,9 @@ def arguments(base_dir, out):
             save_every=0,
             tracker="none",
         ),
-        FinetuneArguments(strategy="full", fno_modes=4, fno_width=8, fno_layers=2),
+        FinetuneArguments(
+            strategy="full", fno_modes=4, fno_width=8, fno_layers=2, eval_max_pairs=32, eval_rollout_trajectories=1
+        ),
         BenchmarkArguments(
             tasks=TASKS,
             n=[2, 4],
@@ -46,8 +48,6 @@ def arguments(base_dir, out):
             finetuned_learning_rates=[5e-4],
             scratch_learning_rates=[1e-3],
             fno_learning_rates=[1e-3],
-            eval_max_pairs=32,
-            rollout_trajectories=1,
         ),
     )
 
