@@ -412,7 +412,7 @@ def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
         DataArguments(datasets=[str(ac_file)], eval_pairs=16),
         TrainArguments(
             output_dir=str(tmp_path),
-            max_steps=10,
+            max_steps=4,
             batch_size=8,
             warmup_steps=2,
             eval_every=0,
@@ -420,14 +420,14 @@ def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
             tracker="none",
             resume=False,
         ),
-        FinetuneArguments(strategy="full"),
+        FinetuneArguments(strategy="full", eval_max_pairs=16, eval_rollout_trajectories=1),
     )
     report = run_study(*args, StudyArguments(n=[2, 6]), log=lambda *_: None)
     assert report["n"] == [2, 6] and len(report["finetuned"]) == len(report["scratch"]) == 2
     assert set(report["fit"]) == {"finetuned", "scratch"} and len(report["gains"]) == 2
     # the study is the benchmark's task "allen-cahn" (the file's stem) with two methods: its cells are run folders
     run_args = json.loads((tmp_path / "allen-cahn" / "scratch" / "n2-seed0-lr0.002" / "run_args.json").read_text())
-    assert run_args["train"]["learning_rate"] == 2e-3 and run_args["train"]["max_steps"] == 10
+    assert run_args["train"]["learning_rate"] == 2e-3 and run_args["train"]["max_steps"] == 4
     (cell,) = (tmp_path / "allen-cahn" / "finetuned").glob("n6-seed0-lr*")
     result = json.loads((cell / "result.json").read_text())
     assert (
