@@ -115,7 +115,20 @@ def base_dir(tmp_path_factory) -> Path:
 def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The README demo at a small size, run once per session."""
     out = tmp_path_factory.mktemp("demo")
-    argv = ["--out", str(out), "--trajectories", "8", "--resolution", "16", "--steps", "60", "--finetune_steps", "10"]
+    argv = [
+        "--out",
+        str(out),
+        "--trajectories",
+        "8",
+        "--resolution",
+        "16",
+        "--steps",
+        "60",
+        "--finetune_steps",
+        "10",
+        "--refiner_steps",
+        "40",
+    ]
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "launch" / "demo.py"), *argv],
         capture_output=True,
