@@ -120,6 +120,17 @@ class FinetuneArguments(LoraOptions, RefinerOptions, FnoOptions):
     )
     head_learning_rate: float = field(default=5e-4, metadata={"help": "Embedding and recovery lr (full, lora)."})
     norm_learning_rate: float = field(default=5e-4, metadata={"help": "Time-conditioned norms' lr (full)."})
+    head_warmup_steps: int = field(
+        default=0,
+        metadata={"help": "First steps in which only embedding and recovery train (full): new rows learn first."},
+    )
+    channel_map: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NEW=PRETRAINED: a data channel that starts from a pretrained channel's weights of another name "
+            "(e.g. a scalar field u=tracer instead of the velocity's u rows; u=: a new channel, zero rows)."
+        },
+    )
     train_trajectories: int | None = field(
         default=None, metadata={"help": "Use only the first N training trajectories (sample-efficiency studies)."}
     )
@@ -137,7 +148,18 @@ class FinetuneArguments(LoraOptions, RefinerOptions, FnoOptions):
         FnoOptions.__post_init__(self)
         check_range(self, "head_learning_rate", "norm_learning_rate")
         check_range(self, "train_trajectories", "eval_max_pairs", low=1)
-        check_range(self, "eval_rollout_trajectories")
+        check_range(self, "eval_rollout_trajectories", "head_warmup_steps")
+        self.channel_aliases()
+
+    def channel_aliases(self) -> dict[str, str | None]:
+        """--channel_map as {data channel: pretrained channel whose weights it starts from (None: new)}."""
+        out: dict[str, str | None] = {}
+        for item in self.channel_map:
+            new, eq, old = item.partition("=")
+            if not eq or not new.strip() or new.strip() in out:
+                raise OptionError("channel_map", f"takes NEW=PRETRAINED (each NEW once), got {item!r}")
+            out[new.strip()] = old.strip() or None
+        return out
 
 
 def ignored_options(tune: FinetuneArguments) -> list[str]:
@@ -177,5 +199,9 @@ def check(tune: FinetuneArguments, model: ModelArguments | None = None, train: T
         raise OptionError(
             "from_scratch", f"trains every weight; --strategy {tune.strategy} freezes most of a random model"
         )
+    if tune.head_warmup_steps and (tune.strategy != "full" or tune.from_scratch):
+        raise OptionError("head_warmup_steps", "holds a pretrained body: only for --strategy full, not from scratch")
+    if train is not None and tune.head_warmup_steps and tune.head_warmup_steps >= train.max_steps:
+        raise OptionError("head_warmup_steps", f"must be below --max_steps ({train.max_steps})")
     if train is not None and tune.strategy != "refiner":  # refiner: max_steps 0 refines the given model as it is
         check_steps(train)

@@ -63,10 +63,11 @@ class Strategy:
         if self.tune.from_scratch:
             return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": learning_rate}]
         roles = parameter_roles(model)
+        hold = {"hold_steps": self.tune.head_warmup_steps} if self.tune.head_warmup_steps else {}
         return [
-            {"params": roles["body"], "lr": learning_rate},
+            {"params": roles["body"], "lr": learning_rate, **hold},
             {"params": roles["head"], "lr": self.tune.head_learning_rate},
-            {"params": roles["time_norm"], "lr": self.tune.norm_learning_rate},
+            {"params": roles["time_norm"], "lr": self.tune.norm_learning_rate, **hold},
         ]
 
     def describe(self, max_steps: int) -> str:

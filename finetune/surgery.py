@@ -44,6 +44,7 @@ def adapt_channels(
     input_stats: dict[str, tuple[float, float]] | None = None,
     output_stats: dict[str, tuple[float, float]] | None = None,
     seed: int = 0,
+    aliases: dict[str, str | None] | None = None,
 ) -> ScOT:
     """A new ScOT with `channel_names` in and `output_channel_names` out, sharing every weight it can.
 
@@ -52,8 +53,23 @@ def adapt_channels(
         channel_names, output_channel_names: The new PDE's channels (inputs: state then static fields).
         input_stats, output_stats: (mean, std) per new channel name; known channels keep the model's.
         seed: Initialisation of the new output channels' recovery weights.
+        aliases: {new channel: pretrained channel it starts from, or None for a new channel}: names alone can
+            mislead (a scalar field called u would otherwise start from the x-velocity's rows).
     """
     old = model.config
+    aliases = dict(aliases or {})
+    for name, target in aliases.items():
+        if name not in channel_names and name not in output_channel_names:
+            raise ValueError(f"channel map: {name!r} is not a channel of the data ({', '.join(channel_names)})")
+        if target is not None and target not in old.channel_names and target not in old.output_channel_names:
+            raise ValueError(
+                f"channel map: {target!r} is not a channel of the pretrained model ({', '.join(old.channel_names)})"
+            )
+
+    def known(name: str) -> str | None:
+        """The pretrained channel whose weights `name` starts from (None: a new channel)."""
+        return aliases[name] if name in aliases else name
+
     config = copy.deepcopy(old)
 
     def stats(names, old_names, old_mean, old_std, given):
@@ -61,8 +77,8 @@ def adapt_channels(
         for name in names:
             if given and name in given:
                 m, s = given[name]
-            elif name in old_names:
-                m, s = old_mean[old_names.index(name)], old_std[old_names.index(name)]
+            elif known(name) in old_names:
+                m, s = old_mean[old_names.index(known(name))], old_std[old_names.index(known(name))]
             else:
                 m, s = 0.0, 1.0
             mean.append(float(m))
@@ -77,7 +93,7 @@ def adapt_channels(
     config.output_mean, config.output_std = stats(
         output_channel_names, old.output_channel_names, old.output_mean, old.output_std, output_stats
     )
-    config.channel_slice_list_normalized_loss = keep_groups(old, list(output_channel_names))
+    config.channel_slice_list_normalized_loss = keep_groups(old, [known(n) or f"new:{n}" for n in output_channel_names])
     config.check()
     new = ScOT(config)
     state = {k: v for k, v in model.state_dict().items()}
@@ -89,11 +105,13 @@ def adapt_channels(
     }
     new.load_state_dict(body, strict=False)
 
-    in_map = [(i, old.channel_names.index(n)) for i, n in enumerate(channel_names) if n in old.channel_names]
+    in_map = [
+        (i, old.channel_names.index(known(n))) for i, n in enumerate(channel_names) if known(n) in old.channel_names
+    ]
     out_map = [
-        (i, old.output_channel_names.index(n))
+        (i, old.output_channel_names.index(known(n)))
         for i, n in enumerate(output_channel_names)
-        if n in old.output_channel_names
+        if known(n) in old.output_channel_names
     ]
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

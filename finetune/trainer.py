@@ -36,11 +36,13 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int | float]:
     return {"trainable": trainable, "total": total, "trainable_fraction": round(trainable / max(total, 1), 6)}
 
 
-def adapted_model(init_from: str, data: TrainData, seed: int) -> tuple[ScOT, ScOT]:
+def adapted_model(
+    init_from: str, data: TrainData, seed: int, aliases: dict[str, str | None] | None = None
+) -> tuple[ScOT, ScOT]:
     """(the pretrained model as loaded, a copy whose channels, statistics and time scale are the data's)."""
     with whole_weights_under_zero3():  # surgery reads and writes whole tensors, also under ZeRO-3
         base = ScOT.from_pretrained(init_from)
-    model = adapt_channels(base, data.vocabulary, data.targets, data.stats, data.stats, seed=seed)
+    model = adapt_channels(base, data.vocabulary, data.targets, data.stats, data.stats, seed=seed, aliases=aliases)
     model.config.time_scale = float(data.sources[0].info.time_scale)
     return base, model
 
@@ -69,7 +71,7 @@ class Finetuner(RunView):
             # fine-tune that precedes the refinement; the model's outputs will be these targets.
             refiner.residual_parameters(data.sources[0].info, data.targets)
         self.strategy = STRATEGIES[tune.strategy](tune)
-        base, model = adapted_model(model_args.init_from, data, train_args.seed)
+        base, model = adapted_model(model_args.init_from, data, train_args.seed, tune.channel_aliases())
         if tune.from_scratch:  # the same architecture and data description, none of the pretrained weights
             torch.manual_seed(train_args.seed)
             model = ScOT(model.config)

@@ -106,11 +106,18 @@ class DataArguments:
     stride: int = field(default=1, metadata={"help": "Use every stride-th stored snapshot."})
     max_snapshots: int | None = field(default=None, metadata={"help": "Use at most this many snapshots."})
     include_identity: bool = field(default=True, metadata={"help": "Keep the lead-time-0 pairs."})
+    lead_steps: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Training pairs only of these lead times j - i, in snapshots in use (e.g. 1: one-step pairs; "
+            "default: all2all). Validation and evaluation keep every pair."
+        },
+    )
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers per process."})
     eval_pairs: int = field(default=256, metadata={"help": "Validation pairs per evaluation (per run, not rank)."})
 
     def __post_init__(self):
-        check_range(self, "weights", "num_workers")
+        check_range(self, "weights", "num_workers", "lead_steps")
         check_range(self, "stride", "max_snapshots", "eval_pairs", low=1)
 
 

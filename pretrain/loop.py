@@ -61,7 +61,7 @@ class TrainParts:
         loader: Training batches of this rank (its sampler shards the data itself).
         sampler: The resumable `RandomPairSampler` of `loader`.
         dataset: The training dataset (`set_epoch` moves the sub-sampling of down-weighted datasets).
-        out: The run folder (checkpoints, losses.jsonl, run_args.json, result.json).
+        out: The run folder (checkpoints, losses.jsonl, validation.jsonl, run_args.json, result.json).
         evaluate: Validation metrics during training (every `eval_every` steps); flat {name: float}.
         finish: After the last step: final evaluation and export, returns entries of result.json.
         flops_per_sample: Forward + backward FLOPs of one sample (the MFU's numerator).
@@ -235,14 +235,16 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
     if resumed is not None:
         acc.print(f"[{parts.tag}] resumed from {resumed} (step {state.step})")
     losses = _LossLog(out / "losses.jsonl", acc.is_main_process)
+    validation = out / "validation.jsonl"  # the validation curve (e.g. has a baseline levelled off?)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_args.json").write_text(json.dumps(parts.run_args, indent=2, default=str))
-        if losses.path.exists() and resumed is None:
-            losses.path.unlink()
-        elif losses.path.exists():  # drop entries past the checkpoint
-            kept = [line for line in losses.path.read_text().splitlines() if json.loads(line)["step"] <= state.step]
-            losses.path.write_text("".join(k + "\n" for k in kept))
+        for log in (losses.path, validation):
+            if log.exists() and resumed is None:
+                log.unlink()
+            elif log.exists():  # drop entries past the checkpoint
+                kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= state.step]
+                log.write_text("".join(k + "\n" for k in kept))
     tracking = args.tracker != "none"
     if tracking:
         acc.init_trackers(parts.tag, config=_flat(parts.run_args))
@@ -301,6 +303,10 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
                 acc.log({**values, "train/mfu": throughput["mfu"]}, step=state.step)
         if evaluate:
             metrics = parts.evaluate()
+            if acc.is_main_process:
+                scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
+                with validation.open("a") as f:
+                    f.write(json.dumps({"step": state.step, **scalars}) + "\n")
             if tracking:
                 acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.step)
         if save and state.nonfinite == 0:  # a skipped step never becomes the checkpoint a run resumes from
@@ -311,6 +317,10 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
     bar.close()
     losses.flush()
     result = {"step": state.step, **parts.finish(state)}
+    final = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, float)}
+    if final and acc.is_main_process and bool(args.eval_every):  # the curve's last point: the final validation
+        with validation.open("a") as f:
+            f.write(json.dumps({"step": state.step, **final}) + "\n")
     if tracking:
         metrics = result.get("metrics", {})
         acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.step)

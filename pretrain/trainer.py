@@ -160,7 +160,7 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
     """
     sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
     options = dict(stride=data.stride, max_snapshots=data.max_snapshots, include_identity=data.include_identity)
-    train_parts = [All2AllPairs(s, "train", **options) for s in sources]
+    train_parts = [All2AllPairs(s, "train", lead_steps=data.lead_steps, **options) for s in sources]
     if max_trajectories is not None:
         for part, source in zip(train_parts, sources):
             if max_trajectories > len(part.trajectories):
@@ -292,13 +292,22 @@ def peak_flops(device: torch.device, precision: str, datasheet_tflops: float | N
 
 
 def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
+    """Linear warm-up then cosine decay. A parameter group with "hold_steps" (e.g. a fine-tuned body held while
+    new channels' rows learn) stays at 0 for those steps, then warms up again before it joins the schedule."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def held(hold: int):
+        return lambda step: 0.0 if step < hold else factor(step) * min(1.0, (step - hold + 1) / max(1, warmup))
+
+    holds = [int(group.get("hold_steps", 0)) for group in optimizer.param_groups]
+    if not any(holds):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [held(h) if h else factor for h in holds])
 
 
 # ----------------------------------------------------------------------------------------------- the run

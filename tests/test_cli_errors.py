@@ -130,6 +130,18 @@ def test_every_learning_rate_is_checked(command, option, tmp_path, capfd):
         ("pretrain", ["--stride", "0"], "--stride must be >= 1, got 0"),
         ("finetune", ["--refiner_batch_size", "0"], "--refiner_batch_size must be >= 1, got 0"),
         ("finetune", ["--lora_rank", "0"], "--lora_rank must be >= 1, got 0"),
+        ("finetune", ["--channel_map", "u", "tracer"], "--channel_map takes NEW=PRETRAINED (each NEW once), got 'u'"),
+        (
+            "finetune",
+            ["--head_warmup_steps", "5", "--max_steps", "5"],
+            "--head_warmup_steps must be below --max_steps (5)",
+        ),
+        (
+            "finetune",
+            ["--head_warmup_steps", "5", "--strategy", "head"],
+            "--head_warmup_steps holds a pretrained body: only for --strategy full, not from scratch",
+        ),
+        ("pretrain", ["--lead_steps", "1", "-1"], "--lead_steps must be >= 0, got [1, -1]"),
         (
             "finetune",
             ["--strategy", "lorra"],

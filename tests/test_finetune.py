@@ -39,8 +39,8 @@ def ac_file(tmp_path_factory):
     return generate("allen-cahn", 20, 16, path, snapshots=5, seed=3, progress=False, eps=0.08)
 
 
-def run(base_dir, ac_file, out, strategy="full", steps=30, **tune):
-    args = (
+def arguments(base_dir, ac_file, out, strategy="full", steps=30, **tune):
+    return (
         ModelArguments(init_from=str(base_dir)),
         DataArguments(datasets=[str(ac_file)], eval_pairs=32),
         TrainArguments(
@@ -56,8 +56,10 @@ def run(base_dir, ac_file, out, strategy="full", steps=30, **tune):
         ),
         FinetuneArguments(strategy=strategy, **tune),
     )
-    trainer = Finetuner(*args)
-    return trainer
+
+
+def run(base_dir, ac_file, out, strategy="full", steps=30, **tune):
+    return Finetuner(*arguments(base_dir, ac_file, out, strategy, steps, **tune))
 
 
 HEADS = ("base_model.model.embeddings.patch_embeddings", "base_model.model.patch_recovery")
@@ -538,3 +540,29 @@ def test_lora_under_deepspeed_zero3_two_processes(base_dir, ac_file, tmp_path):
         from_adapter = load_model(out / "adapter")(pixel_values=x, time=t).output
         merged = load_model(out / "model")(pixel_values=x, time=t).output
     assert torch.allclose(from_adapter, merged, atol=1e-5)
+
+
+def test_head_warmup_holds_the_body_one_step_pairs_and_a_new_channel(base_dir, ac_file, tmp_path):
+    """--head_warmup_steps holds body and time norms while the head trains; --lead_steps 1 trains on one-step
+    pairs only; --channel_map u= starts u blind; the validation curve is written (validation.jsonl)."""
+    args = arguments(base_dir, ac_file, tmp_path, "full", steps=4, head_warmup_steps=2, channel_map=["u="])
+    args[1].lead_steps, args[2].eval_every = [1], 2
+    trainer = Finetuner(*args)
+    model = trainer.run.model
+    assert model.embeddings.patch_embeddings.projection.weight[:, 0].abs().max() == 0  # u: a new channel
+    pairs = trainer.run.data.train_set.parts[0]
+    assert set((pairs.pattern[:, 1] - pairs.pattern[:, 0]).tolist()) == {1}
+    start, seen = snapshot(model), {}
+
+    def watch(state):
+        seen[state.step] = snapshot(model)
+
+    trainer.train(callbacks=[watch])
+    roles = parameter_roles(model)
+    body = [name for name, p in model.named_parameters() if any(p is q for q in roles["body"])]
+    head = [name for name, p in model.named_parameters() if any(p is q for q in roles["head"])]
+    assert all(torch.equal(seen[2][k], start[k]) for k in body)  # held for two steps
+    assert any(not torch.equal(seen[2][k], start[k]) for k in head)
+    assert any(not torch.equal(seen[4][k], start[k]) for k in body)  # then it trains
+    curve = [json.loads(line) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in curve] == [2, 4] and all(e["median_rel_l1_normalised/mean"] > 0 for e in curve)

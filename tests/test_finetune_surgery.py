@@ -69,3 +69,25 @@ def test_new_outputs_form_groups_of_their_own_and_groups_never_stretch():
     assert keep_groups(base, ["v", "u", "rho"]) == [0, 2, 3]  # reordered members stay one group
     assert keep_groups(base, ["u", "p", "v"]) == [0, 1, 2, 3]  # apart: one group per contiguous run
     assert keep_groups(base, ["a", "b"]) == [0, 1, 2]
+
+
+def test_channel_map_starts_a_channel_from_another_name_or_from_nothing():
+    base = pretrained()
+    embed = base.embeddings.patch_embeddings.projection.weight
+    recovery = base.patch_recovery.projection.weight
+    mapped = adapt_channels(base, ["u", "c"], ["u"], aliases={"u": "rho"})  # e.g. a scalar u from a scalar's rows
+    assert torch.equal(mapped.embeddings.patch_embeddings.projection.weight[:, 0], embed[:, 0])
+    assert torch.equal(mapped.patch_recovery.projection.weight[:, 0], recovery[:, 0])
+    assert torch.equal(mapped.patch_recovery.mixup.weight[0, 0], base.patch_recovery.mixup.weight[0, 0])
+    new = adapt_channels(base, ["u"], ["u"], aliases={"u": None})  # a new channel: blind until it trains
+    assert new.embeddings.patch_embeddings.projection.weight[:, 0].abs().max() == 0
+    assert not torch.equal(new.patch_recovery.projection.weight[:, 0], recovery[:, 1])
+    by_name = adapt_channels(base, ["u"], ["u"])  # without a map: the velocity's u, by name
+    assert torch.equal(by_name.embeddings.patch_embeddings.projection.weight[:, 0], embed[:, 1])
+    for aliases, culprit in (({"w": "rho"}, "'w' is not a channel of the data"), ({"u": "T"}, "'T' is not")):
+        try:
+            adapt_channels(base, ["u"], ["u"], aliases=aliases)
+        except ValueError as error:
+            assert culprit in str(error)
+        else:
+            raise AssertionError(f"{aliases} was accepted")

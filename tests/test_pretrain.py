@@ -309,3 +309,21 @@ def test_no_host_sync_on_a_step_that_neither_logs_evaluates_nor_saves(corpus, tm
     quiet_steps = {(step, name) for step, name in watch.seen if step % 4 and step <= 8}
     assert not quiet_steps, f"host reads on steps that neither log, evaluate nor save: {sorted(quiet_steps)}"
     assert {step for step, _ in watch.seen if step <= 8} == {4, 8}  # the logging steps do read: the watch works
+
+
+def test_a_held_parameter_group_stays_at_zero_then_warms_up_into_the_schedule():
+    from pretrain.trainer import cosine_with_warmup
+
+    body, head = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    groups = [{"params": [body], "lr": 1.0, "hold_steps": 5}, {"params": [head], "lr": 2.0}]
+    optimizer = torch.optim.SGD(groups, lr=1.0)
+    scheduler = cosine_with_warmup(optimizer, warmup=2, total=20, min_ratio=0.0)
+    rates = []
+    for _ in range(20):
+        rates.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    held, free = [r[0] for r in rates], [r[1] for r in rates]
+    assert held[:5] == [0.0] * 5 and 0 < held[5] < held[6]  # held, then a fresh warm-up
+    assert free[0] == 1.0 and free[1] == 2.0 and free[1] > free[10] > free[19]  # the other group: unchanged schedule
+    assert held[6] == pytest.approx(free[6] / 2)  # after its warm-up, the held group is on the common schedule
