@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.data import DataError, open_source
-from foundation.evaluation import HEADLINE, evaluate, headline
+from foundation.evaluation import HEADLINE, evaluate, headline, metric_key
 from pretrain.config import (
     DataArguments,
     ModelArguments,
@@ -69,9 +69,16 @@ class BenchmarkArguments:
     fno_learning_rates: list[float] = field(
         default_factory=lambda: [1e-3, 3e-3], metadata={"help": "Grid of the FNO's learning rate."}
     )
+    search_seeds: int | None = field(
+        default=None,
+        metadata={
+            "help": "The learning-rate grid is searched on the first k seeds; the other seeds run at the chosen "
+            "rate only (None: every seed at every rate)."
+        },
+    )
 
     def __post_init__(self):
-        check_range(self, "n", low=1)
+        check_range(self, "n", "search_seeds", low=1)
         check_range(self, "finetuned_learning_rates", "scratch_learning_rates", "fno_learning_rates")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -129,6 +136,21 @@ def gains(ns: list[int], finetuned: list[float], baseline: list[float]) -> list[
     return rows
 
 
+def median_curve(curves: list[list[list[float]]]) -> list[list[float]]:
+    """[[step, median over seeds of the validation error]] on the steps every curve has."""
+    steps = sorted(set.intersection(*(set(step for step, _ in c) for c in curves)))
+    values = [dict((step, v) for step, v in c) for c in curves]
+    return [[step, float(np.median([v[step] for v in values]))] for step in steps]
+
+
+def levelled_off(curve: list[list[float]], tail: float = 0.2) -> dict:
+    """How much a validation curve still fell over the last `tail` of its steps: has the budget levelled it off?
+    `improvement` = error at the start of the tail / final error - 1 (0.03: 3 % lower at the end)."""
+    last_step = curve[-1][0]
+    start = min(curve, key=lambda point: abs(point[0] - (1 - tail) * last_step))
+    return {"from_step": start[0], "to_step": last_step, "improvement": start[1] / curve[-1][1] - 1}
+
+
 # ----------------------------------------------------------------------------------------------- cells
 def cell_folder(root: Path, task: str, method: str, n: int | None, seed: int | None, lr: float) -> Path:
     parts = [f"n{n}" if n is not None else "all"]
@@ -158,7 +180,7 @@ def training_pairs(spec: str, n: int, data_args: DataArguments) -> int:
     """All2all training pairs of the first `n` training trajectories of `spec`."""
     from foundation.data import All2AllPairs
 
-    options = dict(stride=data_args.stride, max_snapshots=data_args.max_snapshots)
+    options = dict(stride=data_args.stride, max_snapshots=data_args.max_snapshots, lead_steps=data_args.lead_steps)
     with open_source(spec) as source:
         pairs = All2AllPairs(source, "train", include_identity=data_args.include_identity, normalize=False, **options)
         return n * len(pairs.pattern)
@@ -185,10 +207,13 @@ def run_trained_cell(
     outcome = Finetuner(model_args, data_args, train_args, tune).train()
     val = _evaluate(load_model(outcome["model"]), spec, "val", tune, data_args, rollout=False)
     test = json.loads((folder / "evaluation" / "evaluation.json").read_text())
+    curve_file, key = folder / "validation.jsonl", metric_key(space="normalised")
+    lines = curve_file.read_text().splitlines() if curve_file.exists() else []
     return {
         "val": val[HEADLINE],
         "test": test[HEADLINE],
         "test_metrics": headline(test),
+        "val_curve": [[e["step"], e[key]] for e in map(json.loads, lines) if key in e],  # during training
         "rollout": test.get("rollout", {}),
         "steps": outcome["step"],
         "batch_size": train_args.batch_size,
@@ -266,11 +291,14 @@ def run_benchmark(model_args, data_args, train_args, tune, bench: BenchmarkArgum
             rows = {}
             for n in bench.n:
                 seeds = bench.seeds if method in TRAINED else [None]
+                searched = seeds[: bench.search_seeds] if bench.search_seeds else seeds
                 by_lr = {}
                 for lr in bench.learning_rates(method):
-                    by_lr[lr] = [cell(root, name, method, spec, n, s, lr, args, bench, log) for s in seeds]
+                    by_lr[lr] = [cell(root, name, method, spec, n, s, lr, args, bench, log) for s in searched]
                 best = min(by_lr, key=lambda lr: float(np.median([c["val"] for c in by_lr[lr]])))
-                tests = [c["test"] for c in by_lr[best]]
+                rest = seeds[len(searched) :]  # the seeds that run at the chosen rate only
+                chosen = by_lr[best] + [cell(root, name, method, spec, n, s, best, args, bench, log) for s in rest]
+                tests = [c["test"] for c in chosen]
                 rows[str(n)] = {
                     "learning_rate": best,
                     "test": float(np.median(tests)),
@@ -281,7 +309,12 @@ def run_benchmark(model_args, data_args, train_args, tune, bench: BenchmarkArgum
                         f"{lr:g}": float(np.median([c["val"] for c in by_lr[lr]])) for lr in by_lr
                     },
                 }
+                curves = [c["val_curve"] for c in chosen if c.get("val_curve")]
+                if curves:
+                    rows[str(n)]["val_curve"] = median_curve(curves)
             task["methods"][method] = rows
+            if method == "scratch" and "val_curve" in rows[str(max(bench.n))]:
+                task["scratch_levelled_off"] = levelled_off(rows[str(max(bench.n))]["val_curve"])
         ns = list(bench.n)
         if "finetuned" in task["methods"]:
             finetuned = [task["methods"]["finetuned"][str(n)]["test"] for n in ns]
@@ -337,6 +370,13 @@ def table(report: dict) -> str:
             ]
             lines.append(f"| {name} | {n} | " + " | ".join(cells + ratios) + " |")
     for name, task in report["tasks"].items():
+        if "scratch_levelled_off" in task:
+            flat = task["scratch_levelled_off"]
+            lines.append(
+                f"\n{name}: scratch's validation error at N={max(report['n'])} fell "
+                f"{100 * flat['improvement']:.1f} % from step {flat['from_step']} to {flat['to_step']} "
+                "(levelled off when small)"
+            )
         for baseline, rows in (task.get("gains") or {}).items():
             if rows and "efficiency_gain" in rows[0]:
                 text = ", ".join(

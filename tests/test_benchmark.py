@@ -34,7 +34,7 @@ def arguments(base_dir, out):
             max_steps=3,
             batch_size=3,
             warmup_steps=1,
-            eval_every=0,
+            eval_every=2,  # the validation curve (validation.jsonl): steps 2 and 3
             save_every=0,
             tracker="none",
         ),
@@ -84,6 +84,9 @@ def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(bas
                 # a steady task's N = 2 trajectories are 2 pairs: its batch is all of them, not 3
                 batch = json.loads((folder / "cell.json").read_text())["batch_size"]
                 assert batch == (min(n, 3) if task["steady"] else 3)
+                lines = (folder / "validation.jsonl").read_text().splitlines()
+                curve = [[e["step"], e["median_rel_l1_normalised/mean"]] for e in map(json.loads, lines)]
+                assert row["val_curve"] == curve and [step for step, _ in curve] == [2, 3]
                 cells += 1
         cells += 2  # persistence / training mean, per N
     allen_cahn = report["tasks"]["allen-cahn"]
@@ -92,6 +95,9 @@ def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(bas
             persistence_by_hand(allen_cahn["data"]), rel=1e-5
         )
     assert report["tasks"]["poisson-gauss"]["steady"] is True
+    flat = allen_cahn["scratch_levelled_off"]  # scratch's curve at the largest N: how much it still fell
+    (_, first), (_, last) = allen_cahn["methods"]["scratch"]["4"]["val_curve"]
+    assert flat["to_step"] == 3 and flat["improvement"] == pytest.approx(first / last - 1)
     fno = load_model(cell_folder(tmp_path, "allen-cahn", "fno", 2, 0, 1e-3) / "model")
     assert isinstance(fno, FNOBaseline) and fno.config.output_channel_names == ["u"]
     table = (tmp_path / "benchmark.md").read_text()
@@ -172,3 +178,28 @@ def test_benchmark_and_corpus_recipes_parse():
         "ce-kh",
         "ce-gauss",
     }
+
+
+def test_the_learning_rate_is_searched_on_the_first_seeds_and_the_others_run_at_the_choice(tmp_path, monkeypatch):
+    import finetune.benchmark as benchmark
+
+    calls = []
+
+    def fake_cell(root, task, method, spec, n, seed, lr, args, bench, log):  # the grid's outcome, without training
+        calls.append((method, n, seed, lr))
+        val = {1e-3: 2.0, 2e-3: 1.0}.get(lr, 3.0) + (seed or 0)
+        curve = [[10 * k, val + 5 - k] for k in range(1, 6)]
+        return {"val": val, "test": 10 * val, "val_curve": curve}
+
+    monkeypatch.setattr(benchmark, "cell", fake_cell)
+    model, data, train, tune, bench = arguments("unused", tmp_path)
+    bench.tasks, bench.n, bench.methods = TASKS[:1], [2], ["scratch"]
+    bench.seeds, bench.search_seeds, bench.scratch_learning_rates = [0, 1, 2], 1, [1e-3, 2e-3]
+    report = run_benchmark(model, data, train, tune, bench, log=lambda line: None)
+    assert calls == [("scratch", 2, 0, 1e-3), ("scratch", 2, 0, 2e-3), ("scratch", 2, 1, 2e-3), ("scratch", 2, 2, 2e-3)]
+    row = report["tasks"]["allen-cahn"]["methods"]["scratch"]["2"]
+    assert row["learning_rate"] == 2e-3 and row["test_by_seed"] == [10.0, 20.0, 30.0] and row["test"] == 20.0
+    assert row["val_by_learning_rate"] == {"0.001": 2.0, "0.002": 1.0}  # the searched seed only
+    assert row["val_curve"] == [[10 * k, 2.0 + 5 - k] for k in range(1, 6)]  # median over the seeds, per step
+    flat = report["tasks"]["allen-cahn"]["scratch_levelled_off"]
+    assert flat == {"from_step": 40, "to_step": 50, "improvement": pytest.approx(3.0 / 2.0 - 1)}
