@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--out")
     render.add_argument("--base-model")
     render.add_argument("--license", default="apache-2.0")
+    render.add_argument("--benchmark", help="a finetune.benchmark output folder: its table goes in the card")
     dataset = commands.add_parser("dataset-card", help="the card of a dataset file")
     dataset.add_argument("spec")
     dataset.add_argument("--repo-id", required=True)
@@ -38,13 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--message", help="commit message")
     pub.add_argument("--base-model")
     pub.add_argument("--license", default="apache-2.0")
+    pub.add_argument("--benchmark", help="a finetune.benchmark output folder: its table goes in the card")
     pub.add_argument("--dry-run", action="store_true", help="stop after the folder and the planned operations")
     pub.add_argument("--overwrite", action="store_true", help="replace the local folder / remote revision")
     args = parser.parse_args(argv)
     try:
         if args.command == "render":
             card = render_model_card(
-                collect_run(args.run_dir), args.repo_id, license=args.license, base_model=args.base_model
+                collect_run(args.run_dir, args.benchmark),
+                args.repo_id,
+                license=args.license,
+                base_model=args.base_model,
             )
             if args.out:
                 card.save(args.out)
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 license=args.license,
                 base_model=args.base_model,
+                benchmark=args.benchmark,
             )
             ops = plan_operations(
                 Path(args.release_dir), args.repo_id, private=args.private, revision=args.revision, message=args.message

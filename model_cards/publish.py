@@ -18,7 +18,7 @@ MODEL_FILES = (
     "spectral_head.safetensors",
     "spectral_head.json",
 )
-RUN_FILES = ("metrics.json", "predictions.png")
+RUN_FILES = ("metrics.json", "predictions.png", "validation.jsonl")
 EVALUATION_FILES = ("evaluation.json", "samples.png", "rollout.png", "spectra.png")  # fine-tuning runs
 
 
@@ -29,15 +29,17 @@ def prepare_release(
     overwrite: bool = False,
     license: str = "apache-2.0",
     base_model: str | None = None,
+    benchmark: str | Path | None = None,
 ) -> list[str]:
-    """Write the release folder (weights, config, card, metrics, plots) and return its file names.
+    """Write the release folder (weights, config, card, metrics, plots; the downstream benchmark's JSON when
+    `benchmark` names a `finetune.benchmark` folder) and return its file names.
 
     Refuses an existing folder unless `overwrite`; the folder appears complete or not at all.
     """
     run, out = Path(run_dir), Path(release_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite)")
-    meta = collect_run(run)
+    meta = collect_run(run, benchmark)
     init_from = (meta["args"].get("model") or {}).get("init_from")  # a fine-tuning run's base model
     if not base_model and init_from and not Path(init_from).exists():  # the Hub's base_model is a repo id, not a path
         base_model = init_from
@@ -58,6 +60,8 @@ def prepare_release(
                 shutil.copy2(run / "evaluation" / name, partial / "evaluation" / name)
     if (run / "adapter" / "adapter_config.json").exists():  # LoRA: the adapters too (the weights are merged)
         shutil.copytree(run / "adapter", partial / "adapter")
+    if benchmark is not None:
+        shutil.copy2(Path(benchmark) / "benchmark.json", partial / "benchmark.json")
     card.save(partial / "README.md")
     if out.exists():
         shutil.rmtree(out)

@@ -53,7 +53,7 @@ groups (the Poseidon metric), on normalised fields (each channel scaled by the s
 {{ eval_table }}
 {{ lead_table }}
 {{ plot }}
-
+{{ benchmark }}
 ## How to use
 
 ```python
@@ -125,13 +125,23 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def collect_run(run_dir: str | Path) -> dict[str, Any]:
-    """Everything a model card says, read from a pretraining (or fine-tuning) run directory."""
+def collect_run(run_dir: str | Path, benchmark: str | Path | None = None) -> dict[str, Any]:
+    """Everything a model card says, read from a pretraining (or fine-tuning) run directory, plus the downstream
+    benchmark of the model (`python -m finetune.benchmark` output folder) when given."""
     run = Path(run_dir)
     config = _read_json(run / "model" / "config.json")
     if config is None:
         raise FileNotFoundError(f"{run}/model/config.json: not a finished run (no exported model)")
+    curve = run / "validation.jsonl"
+    bench = None
+    if benchmark is not None:
+        folder = Path(benchmark)
+        if not (folder / "benchmark.md").exists() or not (folder / "benchmark.json").exists():
+            raise FileNotFoundError(f"{folder}: no benchmark.md / benchmark.json (a finetune.benchmark output)")
+        bench = {"table": (folder / "benchmark.md").read_text(), **json.loads((folder / "benchmark.json").read_text())}
     return {
+        "benchmark": bench,
+        "validation_curve": [json.loads(line) for line in curve.read_text().splitlines()] if curve.exists() else [],
         "run_dir": str(run),
         "config": config,
         "datasets": _read_json(run / "model" / "training_data.json") or [],
@@ -274,6 +284,7 @@ def render_model_card(
             "\n| lead time | " + " | ".join(leads) + " |\n|---|" + "---|" * len(leads) + "\n| mean median "
             "rel. L1 (%) | " + " | ".join(f"{v[median + 'mean']:.2f}" for v in leads.values()) + " |\n"
         )
+    lead_table += _validation_curve(meta.get("validation_curve") or [], train.get("batch_size"))
     lead_table += _rollout_table(metrics.get("rollout"), "validation trajectories, normalised fields")
     lead_table += _evaluation_section(meta.get("evaluation"), result)
     if meta.get("refined"):
@@ -314,12 +325,44 @@ def render_model_card(
         eval_table="\n".join(eval_rows),
         lead_table=lead_table,
         plot=f"\n![predictions against ground truth]({meta['plot']})\n" if meta.get("plot") else "",
+        benchmark=_benchmark_section(meta.get("benchmark")),
         limitations=limitations
         or (
             "Trained on the datasets above only: other PDEs, boundary conditions, grids far from the training grid "
             "and lead times beyond 1.0 are extrapolation. Errors are medians over validation pairs; tails are worse. "
             "Channels a dataset lacks were masked, so the model's predictions for them on such inputs are untrained."
         ),
+    )
+
+
+def _validation_curve(curve: list[dict], batch_size: int | None) -> str:
+    """The validation error during training (validation.jsonl): where it stood when training stopped."""
+    key = metric_key("median", 1, "normalised", "mean")
+    points = [e for e in curve if key in e]
+    if not points:
+        return ""
+    seen = f" ({batch_size} pairs per step per process)" if batch_size else ""
+    return (
+        f"\nValidation during training{seen}, mean median rel. L1 (%, normalised):\n\n| step | "
+        + " | ".join(str(e["step"]) for e in points)
+        + " |\n|---|"
+        + "---|" * len(points)
+        + "\n| error | "
+        + " | ".join(f"{e[key]:.2f}" for e in points)
+        + " |\n"
+    )
+
+
+def _benchmark_section(benchmark: dict | None) -> str:
+    """The downstream benchmark (`finetune.benchmark`): this model fine-tuned vs scratch, FNO and persistence."""
+    if not benchmark:
+        return ""
+    tasks = ", ".join(benchmark.get("tasks", {}))
+    return (
+        "\n## Does it transfer? Downstream benchmark\n\n"
+        f"This model fully fine-tuned on PDEs it never saw ({tasks}) against the same architecture trained from "
+        "scratch, neuraloperator's FNO and persistence, at an equal step budget, on held-out test trajectories "
+        "(`python -m finetune.benchmark`). Ratios below 1 favour the fine-tuned model.\n\n" + benchmark["table"]
     )
 
 

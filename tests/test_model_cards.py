@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory) -> Path:
         max_steps=8,
         batch_size=4,
         warmup_steps=2,
-        eval_every=0,
+        eval_every=4,  # validation.jsonl: the card's validation curve
         save_every=8,
         keep_last=1,
         tracker="none",
@@ -88,6 +88,29 @@ def test_model_card_front_matter_parses_and_carries_the_metrics(run_dir: Path, t
     assert "2,912,672 parameters" in text and "rho, u, v, p" in text and "predictions.png" in text
     assert 'ScOT.from_pretrained("me/scot-tiny-demo")' in text and "| lead time |" in text
     assert "samples/s per process" in text and "ns-sines" in text
+    assert "Validation during training (4 pairs per step per process)" in text and "| step | 4 | 8 |" in text
+    assert "Downstream benchmark" not in text  # none given
+
+
+def test_card_of_a_release_carries_its_downstream_benchmark(run_dir: Path, tmp_path: Path):
+    from finetune.benchmark import write
+
+    row = {"learning_rate": 1e-3, "test": 5.0, "test_min": 4.0, "test_max": 6.0, "test_by_seed": [4.0, 6.0]}
+    report = {
+        "metric": "median_rel_l1_physical/mean",
+        "init_from": str(run_dir / "model"),
+        "budget": {"max_steps": 10, "batch_size": 4},
+        "n": [8],
+        "seeds": [0, 1],
+        "methods": ["finetuned", "scratch"],
+        "tasks": {"allen-cahn": {"methods": {"finetuned": {"8": row}, "scratch": {"8": {**row, "test": 10.0}}}}},
+    }
+    write(report, tmp_path / "bench")
+    card = render_model_card(collect_run(run_dir, tmp_path / "bench"), "me/scot-tiny-demo").content
+    assert "## Does it transfer? Downstream benchmark" in card and "on PDEs it never saw (allen-cahn)" in card
+    assert "| allen-cahn | 8 | 5.00 [4.00-6.00] | 10.00 [4.00-6.00] | 0.50 |" in card
+    with pytest.raises(FileNotFoundError, match="no benchmark.md"):
+        collect_run(run_dir, tmp_path)
 
 
 def test_dataset_card_of_a_generated_file(run_dir: Path, tmp_path: Path):
@@ -125,6 +148,7 @@ def test_dry_run_publish_lists_exactly_the_files_and_operations(run_dir: Path, t
         "model.safetensors",
         "predictions.png",
         "training_data.json",
+        "validation.jsonl",
     ]
     assert plan["files"] == expected and sorted(p.name for p in release.iterdir()) == expected
     assert [op["op"] for op in plan["operations"]] == ["create_repo", "create_branch", "upload_folder"]
