@@ -15,7 +15,8 @@ Candidates (flags of `python -m finetune`):
 
 Each candidate is one `finetune.benchmark` run (methods: finetuned) in `<out>/<candidate>`, sharing the generated
 task data (`<out>/data`); finished cells are skipped on a rerun. Prints and writes `candidates.json` and
-`candidates.md`: per task the test error of every candidate and its ratio to the default.
+`candidates.md`: per task the test error of every candidate and its ratio to the default. A later run into the
+same --out (e.g. a second seed for a few candidates) updates the entries of its candidates and keeps the others.
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def main() -> int:
         parser.error(f"--tasks {missing}: not in {args.config} (it has {', '.join(known)})")
     lr = args.learning_rate or max(recipe["benchmark"].get("finetuned_learning_rates", [5e-4]))
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"recipe": str(args.config), "flags": rest, "candidates": {}, "tasks": {}}
+    previous = args.out / "candidates.json"  # runs with other flags (e.g. more seeds for a few candidates) add up
+    report: dict = json.loads(previous.read_text()) if previous.exists() else {"recipe": str(args.config)}
+    report.setdefault("candidates", {})
+    report.setdefault("tasks", {})
     for candidate in args.candidates:
         flags = ["--finetuned_learning_rates", str(lr), *CANDIDATES[candidate]]
         if candidate == "head-lr-as-body":
@@ -98,7 +102,7 @@ def main() -> int:
         if benchmark([*argv, "--tasks", *tasks]) != 0:
             return 2
         result = json.loads((root / "benchmark.json").read_text())
-        report["candidates"][candidate] = flags
+        report["candidates"][candidate] = [*rest, *flags]
         for name, task in result["tasks"].items():
             report["tasks"].setdefault(name, {})[candidate] = task["methods"]["finetuned"]
     (args.out / "candidates.json").write_text(json.dumps(report, indent=2))
