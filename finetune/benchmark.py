@@ -26,6 +26,8 @@ fine-tuned error, from a power-law fit of its curve; flagged where the fit extra
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import sys
 import time
@@ -241,11 +243,31 @@ def run_baseline_cell(spec: str, n: int, args: tuple, bench: BenchmarkArguments)
     return {"val": val[HEADLINE], "test": test[HEADLINE], "test_metrics": headline(test), "baseline": kind}
 
 
+@functools.lru_cache(maxsize=8)
+def _weights_sha256(folder: str, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(init_from: str | None) -> str | None:
+    """What a fine-tuned cell started from: the sha256 of a local folder's safetensors, else the Hub id as given."""
+    if init_from is None or not Path(init_from).is_dir():
+        return init_from
+    files = sorted(Path(init_from).glob("*.safetensors"))
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _weights_sha256(str(Path(init_from).resolve()), stamp) if files else init_from
+
+
 def cell(root: Path, task: str, method: str, spec: str, n: int, seed: int, lr: float, args, bench, log) -> dict:
     """One finished cell: read back if done before (resume), else run and record."""
     folder = cell_folder(root, task, method, n, seed if method in TRAINED else None, lr)
     done = folder / "cell.json"
     budget = {"max_steps": args[2].max_steps, "batch_size": args[2].batch_size} if method in TRAINED else {}
+    start = {"init_weights": weights_fingerprint(args[0].init_from)} if method == "finetuned" else {}
     if done.exists():
         record = json.loads(done.read_text())
         if record.get("budget", {}) != budget:
@@ -253,13 +275,19 @@ def cell(root: Path, task: str, method: str, spec: str, n: int, seed: int, lr: f
                 f"{done}: finished with budget {record.get('budget')}, this benchmark's is {budget}: "
                 "a resumed benchmark must keep its budget (use another --output_dir)"
             )
+        if start and record.get("init_weights", start["init_weights"]) != start["init_weights"]:
+            raise ValueError(
+                f"{done}: fine-tuned from other pretrained weights than --init_from {args[0].init_from}: a resumed "
+                "benchmark must keep its pretrained model (use another --output_dir)"
+            )
         log(f"[benchmark] {task} {method} N={n} seed={seed} lr={lr:g}: done before, skipped")
         return record
     if method in TRAINED:
         result = run_trained_cell(folder, method, spec, n, seed, lr, args, bench)
     else:
         result = run_baseline_cell(spec, n, args, bench)
-    record = {"task": task, "method": method, "n": n, "seed": seed, "learning_rate": lr, "budget": budget, **result}
+    record = {"task": task, "method": method, "n": n, "seed": seed, "learning_rate": lr, "budget": budget}
+    record.update(start, **result)
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(record, indent=2))  # last: a cell without it runs again (resuming its checkpoint)
     log(f"[benchmark] {task} {method} N={n} seed={seed} lr={lr:g}: val {record['val']:.3f}, test {record['test']:.3f}")

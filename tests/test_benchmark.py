@@ -8,12 +8,14 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO_ROOT
 
 from finetune import load_model
 from finetune.baselines import FNOBaseline
 from finetune.benchmark import BenchmarkArguments, cell_folder, run_benchmark
 from finetune.config import FinetuneArguments
+from foundation import ScOT
 from foundation.data import open_source
 from foundation.evaluation import HEADLINE
 from foundation.pdes.corpus import RecipeError, build_corpus, load_recipe
@@ -117,6 +119,16 @@ def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(bas
     args = arguments(base_dir, tmp_path)
     args[2].max_steps = 4
     with pytest.raises(ValueError, match="must keep its budget"):
+        run_benchmark(*args, log=logs.append)
+
+    # nor are cells fine-tuned from other pretrained weights (a resumed benchmark pointed at a retrained model)
+    other = ScOT.from_pretrained(args[0].init_from)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    other.save_pretrained(tmp_path / "other-pretrained")
+    args = arguments(base_dir, tmp_path)
+    args[0].init_from = str(tmp_path / "other-pretrained")
+    with pytest.raises(ValueError, match="other pretrained weights"):
         run_benchmark(*args, log=logs.append)
 
 
