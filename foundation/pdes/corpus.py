@@ -25,6 +25,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +110,19 @@ def _generated_with(path: Path) -> dict[str, Any]:
 
 
 def build_corpus(
-    entries: list[CorpusEntry], out: str | Path, device: str = "cpu", log: Callable[[str], None] = print
+    entries: list[CorpusEntry],
+    out: str | Path,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[Path]:
-    """Generate every entry into `out` (skipping those already there); writes `out/corpus.json`."""
+    """Generate every entry into `out` (skipping those already there); writes `out/corpus.json`.
+
+    With `world_size` > 1 every family is split over the ranks and joined by rank 0
+    (`foundation.pdes.shards.generate_sharded`, the same code path as `generate`); rank 0 writes the manifest."""
     from . import generate
+    from .shards import generate_sharded
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +143,8 @@ def build_corpus(
             log(f"[corpus] {entry.family}: {path} already generated, skipped")
         else:
             start = time.perf_counter()
-            generate(
+            sharded = dict(rank=rank, world_size=world_size) if world_size > 1 else None
+            (partial(generate_sharded, **sharded) if sharded else generate)(
                 entry.family,
                 entry.n,
                 entry.resolution,
@@ -146,6 +157,10 @@ def build_corpus(
                 **entry.params,
             )
             seconds = round(time.perf_counter() - start, 1)
+            if rank != 0:
+                log(f"[corpus] rank {rank}: {entry.family} shard done in {seconds} s")
+                paths.append(path)
+                continue
             manifest["families"][entry.family] = {**entry.settings(), "file": path.name, "generate_s": seconds}
             manifest_path.write_text(json.dumps(manifest, indent=2))  # after each family: an interruption keeps it
             log(f"[corpus] {entry.family}: {entry.n} trajectories at {entry.resolution}^2 in {seconds} s -> {path}")

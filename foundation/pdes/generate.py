@@ -27,6 +27,8 @@ def generate(
     overwrite: bool = False,
     progress: bool = True,
     splits: dict[str, tuple[int, int]] | None = None,
+    batches: list[int] | None = None,
+    provenance: dict[str, Any] | None = None,
     **params: Any,
 ) -> Path:
     """Simulate `n` trajectories of `family_id` and write them to `out`.
@@ -47,6 +49,9 @@ def generate(
         overwrite: Replace an existing file once the new one is complete.
         progress: Show a progress bar.
         splits: Trajectory ranges (default 80/10/10).
+        batches: Only these batches of the request, in this order (a shard of `foundation.pdes.shards`); the file
+            then holds their trajectories only.
+        provenance: Extra provenance entries.
         params: PDE parameters overriding the family's defaults (e.g. viscosity=1e-3).
     """
     from . import get_family
@@ -62,17 +67,21 @@ def generate(
     if unknown:
         raise UnstableSettings(f"{family_id}: unknown parameters {sorted(unknown)}; known: {sorted(family.params)}")
     merged = {**family.params, **params}
-    writer, start = None, time.time()
-    bar = tqdm(total=n, desc=family_id, unit="traj", disable=not progress)
+    count = -(-n // batch)
+    batches = list(range(count)) if batches is None else batches
+    if not batches or any(not 0 <= b < count for b in batches):
+        raise UnstableSettings(f"batches {batches} are not among the {count} batches of n={n}, batch={batch}")
+    sizes = [min(batch, n - b * batch) for b in batches]  # batch b holds trajectories b * batch, ... of the request
+    writer, start, first = None, time.time(), 0
+    bar = tqdm(total=sum(sizes), desc=family_id, unit="traj", disable=not progress)
     try:
-        for b, first in enumerate(range(0, n, batch)):
-            size = min(batch, n - first)
+        for b, size in zip(batches, sizes):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + b)
             result = family.simulate(size, resolution, snapshots, generator, device, **merged)
             if writer is None:  # the first batch fixes times and settings
                 writer = H5TrajectoryWriter(
                     out,
-                    n=n,
+                    n=sum(sizes),
                     times=result.times,
                     channel_names=list(family.channel_names),
                     grid=(resolution, resolution),
@@ -91,6 +100,7 @@ def generate(
                         "device": device,
                         "torch": torch.__version__,
                         "python": platform.python_version(),
+                        **(provenance or {}),
                     },
                 )
             writer.write(
@@ -98,6 +108,7 @@ def generate(
                 result.fields.numpy(),
                 None if result.static is None else result.static.numpy(),
             )
+            first += size
             bar.update(size)
     except BaseException:
         if writer is not None:
