@@ -30,6 +30,22 @@ def _same_file(a, b) -> None:
             assert json.loads(x.attrs[key]) == json.loads(y.attrs[key]), key
 
 
+def test_the_rank_comes_from_the_launcher(monkeypatch):
+    from foundation.pdes.shards import distributed_rank
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # an sbatch script's own shell: one process, not rank 0 of 8
+    assert distributed_rank() == (0, 1, 0)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")  # a task of srun
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    assert distributed_rank() == (5, 8, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun / accelerate launch win
+    monkeypatch.setenv("RANK", "1")
+    assert distributed_rank() == (1, 2, 0)
+
+
 def test_batches_are_dealt_round_robin():
     assert [batches_of_rank(10, 3, r, 3) for r in range(3)] == [[0, 3], [1], [2]]
     assert sorted(sum((batches_of_rank(100, 7, r, 4) for r in range(4)), [])) == list(range(15))

@@ -28,11 +28,15 @@ SHARD_FORMAT = "rank{rank:05d}-of-{world:05d}.h5"
 
 
 def distributed_rank() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment (torchrun, accelerate launch, SLURM)."""
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
-    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
-    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-    return rank, world, local
+    """(rank, world size, local rank) from the launcher's environment: torchrun and accelerate launch set RANK,
+    WORLD_SIZE and LOCAL_RANK; srun sets SLURM_STEP_NUM_TASKS for the tasks of a step (not for the batch script
+    itself, so a plain `python` in an sbatch script is one process, not rank 0 of a world that never comes)."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        return int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_STEP_NUM_TASKS" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
 
 
 def shard_folder(out: str | os.PathLike) -> Path:
@@ -92,8 +96,10 @@ def generate_sharded(
         raise FileExistsError(f"{out} exists; refusing to write over it (pass overwrite=True / --overwrite)")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of {world_size}")
-    if device == "cuda":
-        device = f"cuda:{distributed_rank()[2]}"
+    if device == "cuda":  # its local GPU; a task bound to one GPU (srun --gpus-per-task=1) sees it as cuda:0
+        import torch
+
+        device = f"cuda:{distributed_rank()[2] % max(1, torch.cuda.device_count())}"
     request = _request(family_id, n, resolution, snapshots, seed, batch, params)
     shard = shard_folder(out) / SHARD_FORMAT.format(rank=rank, world=world_size)
     if shard.exists() and _shard_request(shard) != request:
