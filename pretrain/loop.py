@@ -342,6 +342,9 @@ def performance(parts: TrainParts, throughput: dict | None) -> dict:
     if throughput:
         out["samples_per_s_per_process"] = round(throughput["samples_per_s_per_process"], 3)
         out["mfu"] = round(throughput["mfu"], 4)
+    device = parts.accelerator.device
+    if device.type == "cuda":  # what the will-it-fit estimate is checked against on GPUs
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     return out
 
 
