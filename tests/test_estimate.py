@@ -66,3 +66,18 @@ def test_bad_options_are_one_line_errors(capsys):
         main(["--preset", "tiny", "--zero_stage", "5"])
     assert exit_info.value.code == 2
     assert "--zero_stage must be 0, 1, 2 or 3" in capsys.readouterr().err
+
+
+def test_the_memory_presets_are_the_estimates_rule():
+    """launch/presets.yaml: per model and card, the largest power of two <= half the largest micro-batch."""
+    import yaml
+    from conftest import REPO_ROOT
+
+    presets = yaml.safe_load((REPO_ROOT / "launch/presets.yaml").read_text())
+    assert set(presets) == {"T", "B", "L"} and all(set(cards) == {80, 141} for cards in presets.values())
+    for preset, cards in presets.items():
+        report = estimate(EstimateArguments(preset=preset, world_size=8, zero_stage=2, precision="bf16"))
+        for memory, chosen in cards.items():
+            assert chosen["zero_stage"] == 2 and chosen["precision"] == "bf16"
+            largest = (memory * 0.9 - report["fixed_gib"]) / report["activations_per_sample_gib"]
+            assert chosen["batch_size"] == 2 ** math.floor(math.log2(largest / 2)), (preset, memory)
