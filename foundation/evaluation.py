@@ -176,6 +176,86 @@ def pair_errors(
     return table
 
 
+ROLLOUT_STRATEGIES = ("jump", "autoregressive")
+
+
+def feedable(config) -> Tensor | None:
+    """Input index of each output channel (what a rollout feeds back), or None when an output is not an input."""
+    out_names, in_names = config.output_channel_names, config.channel_names
+    if not all(c in in_names for c in out_names):
+        return None
+    return torch.tensor([in_names.index(c) for c in out_names])
+
+
+def feed_back(x: Tensor, y: Tensor, feed: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The next input of a rollout: `x` with its evolving channels replaced by the prediction `y`.
+
+    Static inputs (ns-kf's forcing, a wave speed) stay as they are, and so do the fills of channels a sample lacks
+    (`mask`, (B, C_out), 0 where the channel is missing)."""
+    x = x.clone()
+    feed = feed.to(x.device)
+    if mask is None:
+        x[:, feed] = y.to(x.dtype)
+    else:
+        x[:, feed] = torch.where(mask[:, :, None, None] > 0, y.to(x.dtype), x[:, feed])
+    return x
+
+
+@torch.no_grad()
+def rollout_predictions(
+    model,
+    x: Tensor,
+    lead_time: float,
+    steps: int,
+    strategy: str = "jump",
+    max_lead: float = 1.0,
+    channel_mask: Tensor | None = None,
+    config=None,
+) -> Tensor:
+    """Predictions at `lead_time` x 1..`steps` from the normalised inputs `x` (B, C_in, H, W), for any model that
+    `finetune.load_model` returns (plain, refined, LoRA, an FNO baseline): (steps, B, C_out, H, W), normalised.
+
+    Times are in the model's units (`config.time_scale` is 1; its training window spans lead times up to
+    `max_lead`, 1 for all2all training). Strategies:
+      jump            the default: to reach t, chain as many jumps of `max_lead` as fit (the largest lead time
+                      the model was trained on: fewest calls fed their own outputs) and predict the remainder
+                      directly from the last jump; inside the window it is one direct call.
+      autoregressive  one call per `lead_time`, each fed the previous output.
+    Only the evolving outputs are fed back (`feed_back`).
+    """
+    if strategy not in ROLLOUT_STRATEGIES:
+        raise ValueError(f"rollout strategy must be one of {', '.join(ROLLOUT_STRATEGIES)}, got {strategy!r}")
+    if not (lead_time > 0 and max_lead > 0 and steps >= 1):
+        raise ValueError(f"need lead_time > 0, max_lead > 0 and steps >= 1, got {lead_time}, {max_lead}, {steps}")
+    config = config or model.config
+    feed = feedable(config)
+    if feed is None:
+        raise ValueError(
+            f"outputs {config.output_channel_names} are not all inputs {config.channel_names}: nothing to feed back"
+        )
+
+    def call(state: Tensor, dt: float) -> Tensor:
+        time = torch.full((state.shape[0],), dt, dtype=state.dtype, device=state.device)
+        return model(pixel_values=state, time=time).output
+
+    outputs = []
+    if strategy == "autoregressive":
+        state = x
+        for _ in range(steps):
+            y = call(state, lead_time)
+            outputs.append(y)
+            state = feed_back(state, y, feed, channel_mask)
+        return torch.stack(outputs)
+    states = [x]  # the input after i jumps of max_lead
+    for k in range(1, steps + 1):
+        t = k * lead_time
+        chained = max(0, int(np.ceil(t / max_lead - 1e-9)) - 1)  # jumps before the last call (0 < its lead <= max)
+        while len(states) <= chained:
+            states.append(feed_back(states[-1], call(states[-1], max_lead), feed, channel_mask))
+        outputs.append(call(states[chained], t - chained * max_lead))
+    return torch.stack(outputs)
+
+
 @torch.no_grad()
 def rollout(
     model, data, trajectories: int, space: str, device: torch.device | str = "cpu", config=None
@@ -189,11 +269,10 @@ def rollout(
     `config` as in `pair_errors`.
     """
     config = config or model.config
-    out_names, in_names = config.output_channel_names, config.channel_names
-    if not all(c in in_names for c in out_names):
+    feed = feedable(config)
+    if feed is None:
         return {}
     convert = to_physical(config) if space == "physical" else (lambda y: y.float())
-    feed = torch.tensor([in_names.index(c) for c in out_names], device=device)
     direct: dict[float, list[float]] = {}
     chained: dict[float, list[float]] = {}
     for k, part in enumerate(data.parts):
@@ -214,8 +293,7 @@ def rollout(
                 truth = convert(target["labels"][None].to(device))
                 once = model(pixel_values=target["pixel_values"][None].to(device), time=target["time"][None].to(device))
                 y = model(pixel_values=x, time=step["time"][None].to(device)).output
-                x = x.clone()
-                x[:, feed] = torch.where(mask[:, :, None, None] > 0, y.to(x.dtype), x[:, feed])
+                x = feed_back(x, y, feed, mask)
                 lead = round(float(target["time"]), 3)
                 for store, pred in ((direct, once.output), (chained, y)):
                     errors = per_sample_errors(convert(pred), truth, config, mask)

@@ -839,3 +839,16 @@ class ScOT(ScOTPreTrainedModel):
         """Physical fields in, physical fields out; `lead_time` in physical time (divided by time_scale)."""
         t = torch.as_tensor(lead_time, dtype=torch.float32, device=fields.device) / self.config.time_scale
         return self.denormalize(self(pixel_values=self.normalize(fields), time=t).output)
+
+    @torch.no_grad()
+    def rollout(self, fields: Tensor, steps: int, lead_time: float, strategy: str = "jump") -> Tensor:
+        """Physical fields (B, C_in, H, W) in; physical predictions at `lead_time` x 1..`steps` out (steps, B, C_out,
+        H, W), also past the training window. `lead_time` in physical time, as in `predict`. Only the evolving
+        outputs are fed back; static inputs stay. `strategy`: "jump" (default: chains of the largest trained lead
+        time, the remainder predicted directly) or "autoregressive" (one call per `lead_time`); see
+        `foundation.evaluation.rollout_predictions`, which serves any model."""
+        from .evaluation import rollout_predictions
+
+        lead = float(lead_time) / self.config.time_scale
+        out = rollout_predictions(self, self.normalize(fields), lead, steps, strategy=strategy)
+        return self.denormalize(out)

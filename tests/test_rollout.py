@@ -1,0 +1,77 @@
+"""The rollout API: `ScOT.rollout` and `foundation.evaluation.rollout_predictions` (long-horizon issue, Build 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from foundation import ScOT, ScOTConfig
+from foundation.evaluation import feed_back, rollout_predictions
+
+
+def _model(**overrides) -> ScOT:
+    torch.manual_seed(0)
+    config = ScOTConfig.from_preset("tiny", image_size=16, time_scale=2.0, **overrides)
+    model = ScOT(config).eval()
+    with torch.no_grad():  # away from the near-zero initialisation: every call changes the state
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def test_a_rollout_of_one_direct_lead_time_is_one_call():
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"])
+    x = torch.randn(2, 2, 16, 16)
+    (once,) = model.rollout(x, steps=1, lead_time=1.3)
+    assert torch.equal(once, model.predict(x, 1.3))
+
+
+def test_autoregressive_is_k_calls_fed_their_outputs():
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"])
+    x = torch.randn(2, 2, 16, 16)
+    out = model.rollout(x, steps=3, lead_time=0.5, strategy="autoregressive")
+    state = x
+    for k in range(3):
+        state = model.predict(state, 0.5)
+        torch.testing.assert_close(out[k], state, rtol=1e-5, atol=1e-5)  # renormalising the state: rounding only
+
+
+def test_jump_chains_the_largest_trained_lead_and_predicts_the_rest_directly():
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"])
+    x = model.normalize(torch.randn(1, 2, 16, 16))
+    out = rollout_predictions(model, x, lead_time=0.4, steps=5)  # t = 0.4, 0.8, 1.2, 1.6, 2.0 (window: 1.0)
+
+    def call(state, t):
+        return model(pixel_values=state, time=torch.tensor([t])).output
+
+    feed = torch.tensor([0, 1])
+    after_one = feed_back(x, call(x, 1.0), feed)
+    expected = [call(x, 0.4), call(x, 0.8), call(after_one, 0.2), call(after_one, 0.6), call(after_one, 1.0)]
+    for k, want in enumerate(expected):
+        torch.testing.assert_close(out[k], want, rtol=1e-5, atol=1e-6)
+
+
+def test_static_inputs_stay_fixed_and_missing_channels_keep_their_fill():
+    model = _model(channel_names=["u", "v", "forcing"], output_channel_names=["u", "v"])
+    x = torch.randn(2, 3, 16, 16)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"]), with_kwargs=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # the second sample lacks v: its fill stays
+    rollout_predictions(model, x, lead_time=0.7, steps=4, strategy="autoregressive", channel_mask=mask)
+    assert len(seen) == 4
+    for inputs in seen:
+        assert torch.equal(inputs[:, 2], x[:, 2])  # the forcing
+        assert torch.equal(inputs[1, 1], x[1, 1])  # the missing v's fill
+    assert not torch.equal(seen[-1][0, 1], x[0, 1])  # what evolves is fed back
+
+
+def test_bad_rollouts_are_clear_errors():
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"])
+    x = torch.randn(1, 2, 16, 16)
+    with pytest.raises(ValueError, match="strategy must be one of jump, autoregressive"):
+        model.rollout(x, steps=2, lead_time=0.5, strategy="leap")
+    with pytest.raises(ValueError, match="steps >= 1"):
+        model.rollout(x, steps=0, lead_time=0.5)
+    steady = _model(channel_names=["f"], output_channel_names=["u"])
+    with pytest.raises(ValueError, match="nothing to feed back"):
+        steady.rollout(torch.randn(1, 1, 16, 16), steps=2, lead_time=0.5)
