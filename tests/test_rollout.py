@@ -75,3 +75,23 @@ def test_bad_rollouts_are_clear_errors():
     steady = _model(channel_names=["f"], output_channel_names=["u"])
     with pytest.raises(ValueError, match="nothing to feed back"):
         steady.rollout(torch.randn(1, 1, 16, 16), steps=2, lead_time=0.5)
+
+
+def test_a_refined_models_rollout_goes_through_its_spectral_head():
+    from finetune.refiner import RefinedScOT, SpectralHead
+
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"])
+    head = SpectralHead(2, (16, 16))
+    with torch.no_grad():
+        head.weight.normal_(0, 0.1)
+    refined = RefinedScOT(model, head).eval()
+    x = model.normalize(torch.randn(1, 2, 16, 16))
+    out = rollout_predictions(refined, x, lead_time=0.5, steps=3, strategy="autoregressive")
+    state = x
+    with torch.no_grad():
+        for k in range(3):
+            y = head(model(pixel_values=state, time=torch.tensor([0.5])).output)  # the head on every step
+            torch.testing.assert_close(out[k], y, rtol=1e-5, atol=1e-6)
+            state = feed_back(state, y, torch.tensor([0, 1]))
+    plain = rollout_predictions(model, x, lead_time=0.5, steps=3, strategy="autoregressive")
+    assert not torch.allclose(out[-1], plain[-1], atol=1e-4)
