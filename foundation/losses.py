@@ -71,3 +71,62 @@ def negative_sobolev_norm(
     weight = torch.where(base > 0, base.clamp_min(1e-300) ** (-s), torch.zeros_like(base))
     norm2 = (weight * coeffs.abs() ** 2).sum(dim=(-2, -1))
     return norm2 if squared else norm2.sqrt()
+
+
+ROLLOUT_MODES = ("pushforward", "unrolled")
+
+
+def unrolled_loss(
+    model,
+    pixel_values: Tensor,
+    targets: Tensor,
+    time: Tensor,
+    mode: str = "pushforward",
+    noise_std: float = 0.0,
+    channel_mask: Tensor | None = None,
+) -> Tensor:
+    """The loss of a K-step rollout: the model fed its own outputs K times, compared with the stored snapshots.
+
+    Args:
+        model: any model of `finetune.load_model` (called as `model(pixel_values=, time=).output`, with `.config`).
+        pixel_values: (B, C_in, H, W) normalised inputs at t0.
+        targets: (B, K, C_out, H, W) normalised snapshots at t0 + k * time, k = 1..K.
+        time: (B,) the lead time of one step, in the model's units.
+        mode: "unrolled" -- the mean over the K steps of the relative Lp loss, gradients through every step;
+            "pushforward" -- the first K - 1 steps without gradient (cheap: no activations kept), the loss of the
+            last step only: the model learns to correct the inputs it will produce itself (Brandstetter et al.,
+            2022), at the memory of one step.
+        noise_std: Gaussian noise (normalised units) added to the input of every step that is trained (all of
+            them when unrolled, the last when pushforward): robustness to the errors a rollout feeds back.
+        channel_mask: (B, C_out) 0 where a sample lacks a channel (no loss, its fill is kept in the inputs).
+    Only the evolving outputs are fed back (`foundation.evaluation.feed_back`); static inputs stay.
+    """
+    from .evaluation import feed_back, feedable
+
+    if mode not in ROLLOUT_MODES:
+        raise ValueError(f"rollout mode must be one of {', '.join(ROLLOUT_MODES)}, got {mode!r}")
+    if targets.dim() != 5:
+        raise ValueError(f"targets must be (B, K, C_out, H, W), got shape {tuple(targets.shape)}")
+    config = model.config
+    feed = feedable(config)
+    if feed is None:
+        raise ValueError(f"outputs {config.output_channel_names} are not all inputs: a rollout cannot feed them back")
+    groups, p = config.channel_slice_list_normalized_loss, config.p
+    steps = targets.shape[1]
+
+    def noisy(x: Tensor) -> Tensor:
+        return x + noise_std * torch.randn_like(x) if noise_std > 0 else x
+
+    state, losses = pixel_values, []
+    if mode == "pushforward" and steps > 1:
+        with torch.no_grad():
+            for _ in range(steps - 1):
+                state = feed_back(state, model(pixel_values=state, time=time).output, feed, channel_mask)
+        state = state.detach()
+    first = steps - 1 if mode == "pushforward" else 0
+    for k in range(first, steps):
+        y = model(pixel_values=noisy(state), time=time).output
+        losses.append(relative_lp_loss(y, targets[:, k], groups, p=p, channel_mask=channel_mask))
+        if k + 1 < steps:
+            state = feed_back(state, y, feed, channel_mask)
+    return torch.stack(losses).mean()

@@ -95,3 +95,41 @@ def test_a_refined_models_rollout_goes_through_its_spectral_head():
             state = feed_back(state, y, torch.tensor([0, 1]))
     plain = rollout_predictions(model, x, lead_time=0.5, steps=3, strategy="autoregressive")
     assert not torch.allclose(out[-1], plain[-1], atol=1e-4)
+
+
+def test_the_unrolled_loss_is_k_sequential_calls_and_pushforward_trains_the_last_step_only():
+    from foundation.losses import relative_lp_loss, unrolled_loss
+
+    model = _model(channel_names=["u", "v", "forcing"], output_channel_names=["u", "v"])
+    model.train()
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    targets = torch.randn(2, 3, 2, 16, 16)
+    t = torch.full((2,), 0.3)
+    feed = torch.tensor([0, 1])
+
+    loss = unrolled_loss(model, x, targets, t, mode="unrolled")
+    state, manual = x, []
+    for k in range(3):  # K sequential forward calls, fed back by hand
+        y = model(pixel_values=state, time=t).output
+        manual.append(relative_lp_loss(y, targets[:, k]))
+        state = feed_back(state, y, feed)
+    torch.testing.assert_close(loss, torch.stack(manual).mean())
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # gradients through every step, down to the input
+
+    x.grad = None
+    model.zero_grad()
+    pushed = unrolled_loss(model, x, targets, t, mode="pushforward")
+    pushed.backward()
+    assert x.grad is None  # nothing flows into the earlier steps (nor through them to the input)
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    with torch.no_grad():
+        state = x
+        for _ in range(2):
+            state = feed_back(state, model(pixel_values=state, time=t).output, feed)
+    last = relative_lp_loss(model(pixel_values=state, time=t).output, targets[:, 2])
+    torch.testing.assert_close(pushed, last)
+    last.backward()  # the same gradients as training one step from the model's own 2-step state
+    for mine, theirs in zip(grads, [p.grad for p in model.parameters() if p.grad is not None]):
+        torch.testing.assert_close(mine, theirs)
