@@ -183,10 +183,11 @@ def merge_shards(out: str | os.PathLike, overwrite: bool = False) -> Path:
     seconds = 0.0
     try:
         for rank, path in enumerate(_shard_paths(out, world)):
-            if _shard_request(path) != request:
-                raise DataError(f"{path} answers another request than {shards[0]}; delete {folder} and regenerate")
             with h5py.File(path, "r") as shard:
-                seconds = max(seconds, json.loads(shard.attrs["provenance"]).get("seconds", 0.0))
+                made = json.loads(shard.attrs["provenance"])
+                if made.get("shard", {}).get("request") != request:
+                    raise DataError(f"{path} answers another request than {shards[0]}; delete {folder} and regenerate")
+                seconds = max(seconds, made.get("seconds", 0.0))
                 local = 0
                 for b in batches_of_rank(n, batch, rank, world):
                     first, size = b * batch, min(batch, n - b * batch)
