@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from foundation import ScOT, ScOTConfig, fourier_resample
-from foundation.modeling_scot import _GEOMETRY_CACHE
+from foundation.modeling_scot import _GEOMETRY_CACHE, _shift_mask, _WindowAttention
 
 
 def tiny(**overrides) -> ScOT:
@@ -414,6 +414,38 @@ def test_naive_attention_path_gives_the_same_outputs():
     model.config._attn_implementation = "sdpa"
     loss_sdpa = model(pixel_values=x, time=t).output.square().mean()
     assert torch.allclose(loss, loss_sdpa, atol=1e-6)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_training_attention_kernel_matches_autograd_and_makes_no_subnormals(shifted: bool):
+    # The CPU training path's hand-written backward against autograd of softmax(q k^T + bias) v in float64,
+    # with the shift mask's -100 (the case that made subnormal weights) and without.
+    g = torch.Generator().manual_seed(0)
+    b, nw, h, n, hd = 2, 4, 3, 16, 8
+    q, k, v = (torch.nn.functional.normalize(torch.randn(b, nw, h, n, hd, generator=g), dim=-1) * 3 for _ in range(3))
+    table = torch.rand(h, n, n, generator=g) * 16
+    mask = _shift_mask(8, 8, 4, 4, 2, 2, device=torch.device("cpu"))[:, None] if shifted else torch.zeros(1, 1, n, n)
+    grad = torch.randn(b, nw, h, n, hd, generator=g)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype, copy=True).requires_grad_() for t in (q, k, v, table)]
+        bias = leaves[3] + mask.to(dtype) if shifted else leaves[3]
+        out = fn(*leaves[:3], bias)
+        out.backward(grad.to(dtype), retain_graph=True)  # keeps the saved probabilities readable
+        return out, [out.detach()] + [t.grad for t in leaves]
+
+    def reference(q, k, v, bias):
+        return torch.softmax(q @ k.transpose(-2, -1) + bias, dim=-1) @ v
+
+    out, got = run(_WindowAttention.apply, torch.float32)
+    _, want = run(reference, torch.float64)
+    for a, w in zip(got, want):  # output, dq, dk, dv, d(bias table)
+        assert (a.double() - w).abs().max() <= 1e-5 * w.abs().max()
+    probs = out.grad_fn.saved_tensors[3]
+    nonzero = probs[probs != 0]
+    assert nonzero.abs().min() >= torch.finfo(torch.float32).tiny  # no subnormal weight reaches the GEMMs
+    if shifted:
+        assert (probs == 0).any()  # the masked pairs' weights (< 2^-100) were flushed
 
 
 def test_window_geometry_is_cached_per_grid_and_device():
