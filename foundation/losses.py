@@ -84,6 +84,7 @@ def unrolled_loss(
     mode: str = "pushforward",
     noise_std: float = 0.0,
     channel_mask: Tensor | None = None,
+    config=None,
 ) -> Tensor:
     """The loss of a K-step rollout: the model fed its own outputs K times, compared with the stored snapshots.
 
@@ -99,6 +100,7 @@ def unrolled_loss(
         noise_std: Gaussian noise (normalised units) added to the input of every step that is trained (all of
             them when unrolled, the last when pushforward): robustness to the errors a rollout feeds back.
         channel_mask: (B, C_out) 0 where a sample lacks a channel (no loss, its fill is kept in the inputs).
+        config: The model's config when `model` is wrapped (DDP, DeepSpeed) and has none itself.
     Only the evolving outputs are fed back (`foundation.evaluation.feed_back`); static inputs stay.
     """
     from .evaluation import feed_back, feedable
@@ -107,7 +109,7 @@ def unrolled_loss(
         raise ValueError(f"rollout mode must be one of {', '.join(ROLLOUT_MODES)}, got {mode!r}")
     if targets.dim() != 5:
         raise ValueError(f"targets must be (B, K, C_out, H, W), got shape {tuple(targets.shape)}")
-    config = model.config
+    config = model.config if config is None else config
     feed = feedable(config)
     if feed is None:
         raise ValueError(f"outputs {config.output_channel_names} are not all inputs: a rollout cannot feed them back")

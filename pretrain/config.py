@@ -25,6 +25,7 @@ import yaml
 Preset = Literal["tiny", "T", "B", "L"]  # foundation.configuration_scot.PRESETS (a test keeps them equal)
 Precision = Literal["fp32", "bf16"]
 Tracker = Literal["tensorboard", "wandb", "none"]
+RolloutMode = Literal["pushforward", "unrolled"]  # foundation.losses.ROLLOUT_MODES
 Resampling = Literal["fourier", "none"]  # ScOTConfig.input_resampling
 PRECISIONS, TRACKERS, RESAMPLINGS = get_args(Precision), get_args(Tracker), get_args(Resampling)
 
@@ -115,10 +116,18 @@ class DataArguments:
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers per process."})
     eval_pairs: int = field(default=256, metadata={"help": "Validation pairs per evaluation (per run, not rank)."})
+    rollout_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Rollout training: every training pair also brings a sequence of this many steps of its "
+            "trajectory (the model fed its own outputs; see --rollout_weight). 0: all2all pairs only."
+        },
+    )
+    rollout_lead_steps: int = field(default=1, metadata={"help": "Snapshots in use per rollout step."})
 
     def __post_init__(self):
-        check_range(self, "weights", "num_workers", "lead_steps")
-        check_range(self, "stride", "max_snapshots", "eval_pairs", low=1)
+        check_range(self, "weights", "num_workers", "lead_steps", "rollout_steps")
+        check_range(self, "stride", "max_snapshots", "eval_pairs", "rollout_lead_steps", low=1)
 
 
 @dataclass
@@ -146,6 +155,29 @@ class TrainArguments:
     peak_tflops: float | None = field(
         default=None, metadata={"help": "Datasheet peak TFLOP/s per device for the MFU (default: measured)."}
     )
+    rollout_weight: float = field(
+        default=0.5,
+        metadata={
+            "help": "With --rollout_steps: loss = (1 - w) * all2all pair loss + w * rollout loss (1: rollouts only)."
+        },
+    )
+    rollout_mode: RolloutMode = field(
+        default="pushforward",
+        metadata={
+            "help": "pushforward: the first K-1 steps without gradient, the last trained (memory of one step); "
+            "unrolled: gradients through all K steps (K times the activations)."
+        },
+    )
+    rollout_noise: float = field(
+        default=0.0, metadata={"help": "Gaussian noise (normalised units) on the inputs of the trained steps."}
+    )
+    rollout_curriculum_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Grow the rollout length linearly from 1 to --rollout_steps over this many optimizer steps "
+            "(0: the full length from the start)."
+        },
+    )
 
     def __post_init__(self):
         # max_steps 0 is a valid config (fine-tuning's refiner strategy refines the given model as it is); the
@@ -157,7 +189,15 @@ class TrainArguments:
         # keep_last 0 would keep every checkpoint (a [:-0] slice), log_every 0 divides by zero
         check_range(self, "batch_size", "gradient_accumulation_steps", "log_every", "keep_last", low=1)
         check_range(self, "max_nonfinite_steps", low=1)
+        check_range(self, "rollout_weight", high=1)
+        check_range(self, "rollout_noise", "rollout_curriculum_steps")
         check_choices(self)
+
+    def rollout_length(self, step: int, steps: int) -> int:
+        """Rollout steps trained at optimizer step `step` (0-based) of a run with `steps` = --rollout_steps."""
+        if self.rollout_curriculum_steps <= 0 or steps <= 1:
+            return steps
+        return min(steps, 1 + (steps - 1) * step // self.rollout_curriculum_steps)
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)

@@ -68,6 +68,8 @@ class TrainParts:
         peak: (FLOP/s, how it was obtained) the MFU is relative to.
         tag: Name in logs and trackers.
         run_args: Written to run_args.json (the configuration of the run).
+        objective: loss = objective(model, micro_batch, step) (0-based optimizer step) instead of
+            `model(**micro_batch).loss`: rollout training (`pretrain.trainer.RolloutObjective`).
     """
 
     accelerator: Any
@@ -85,6 +87,7 @@ class TrainParts:
     peak: tuple[float, str]
     tag: str = "pretrain"
     run_args: dict = field(default_factory=dict)
+    objective: Callable[[torch.nn.Module, dict, int], torch.Tensor] | None = None
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -149,7 +152,9 @@ class Checkpointer:
 
 
 # ----------------------------------------------------------------------------------------------- one step
-def train_step(parts: TrainParts, micro_batches: Sequence[dict], max_grad_norm: float) -> tuple[torch.Tensor, ...]:
+def train_step(
+    parts: TrainParts, micro_batches: Sequence[dict], max_grad_norm: float, step: int = 0
+) -> tuple[torch.Tensor, ...]:
     """One optimizer step over `micro_batches` (gradient accumulation); returns (mean loss, skipped) on the device.
 
     Nothing here reads a tensor on the host: a non-finite loss on any rank makes every rank skip the update on
@@ -161,7 +166,7 @@ def train_step(parts: TrainParts, micro_batches: Sequence[dict], max_grad_norm: 
     deepspeed = acc.state.deepspeed_plugin is not None
     for batch in micro_batches:
         with acc.accumulate(model):
-            loss = model(**batch).loss
+            loss = model(**batch).loss if parts.objective is None else parts.objective(model, batch, step)
             bad = acc.reduce((~torch.isfinite(loss.detach())).float(), "sum").clamp(max=1.0)
             skipped = torch.maximum(skipped, bad)
             skip_optimizer_step(parts.base_optimizer, skipped)  # read by the update at the accumulation boundary
@@ -262,7 +267,7 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
     first, started, seen, throughput = state.step, time.perf_counter(), 0, None
     while state.step < args.max_steps:
         micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]
-        loss, skipped = train_step(parts, micro, args.max_grad_norm)
+        loss, skipped = train_step(parts, micro, args.max_grad_norm, state.step)
         streak = (streak + skipped) * skipped
         state.step += 1
         losses.record(state.step, loss, skipped, parts.scheduler.get_last_lr()[0])

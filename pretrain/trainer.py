@@ -30,6 +30,7 @@ from foundation.compat import fused_adamw, skip_deepspeed_shm_comm
 from foundation.data import All2AllPairs, Mixture, RandomPairSampler, open_source
 from foundation.data.memory import keep_freed_memory
 from foundation.evaluation import ErrorTable, dataset_names, group_names, pair_errors, rollout
+from foundation.losses import unrolled_loss
 
 from .config import DataArguments, ModelArguments, TrainArguments
 from .loop import NonFiniteLoss, TrainParts, TrainState, run
@@ -160,7 +161,8 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
     """
     sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
     options = dict(stride=data.stride, max_snapshots=data.max_snapshots, include_identity=data.include_identity)
-    train_parts = [All2AllPairs(s, "train", lead_steps=data.lead_steps, **options) for s in sources]
+    rollouts = dict(rollout_steps=data.rollout_steps, rollout_lead_steps=data.rollout_lead_steps)
+    train_parts = [All2AllPairs(s, "train", lead_steps=data.lead_steps, **options, **rollouts) for s in sources]
     if max_trajectories is not None:
         for part, source in zip(train_parts, sources):
             if max_trajectories > len(part.trajectories):
@@ -311,6 +313,39 @@ def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
 
 
 # ----------------------------------------------------------------------------------------------- the run
+class RolloutObjective:
+    """The training loss with rollout sequences in the batch: (1 - w) * pair loss + w * K-step rollout loss.
+
+    K follows the curriculum of `TrainArguments.rollout_length` (a function of the step only, so a resumed run
+    trains the same K); the pair loss is skipped at w = 1. Activations: pushforward keeps those of two forward
+    passes (the pair's and the rollout's last step; the K - 1 steps before run without gradient), unrolled those
+    of K + 1. Under DDP or DeepSpeed all forward passes of a step go through the wrapped model before its one
+    backward, as gradient accumulation's do.
+    """
+
+    KEYS = ("rollout_inputs", "rollout_labels", "rollout_time")
+
+    def __init__(self, config, train_args: TrainArguments, steps: int):
+        self.config, self.args, self.steps = config, train_args, steps
+
+    def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> torch.Tensor:
+        batch = dict(batch)
+        inputs, labels, lead = (batch.pop(k) for k in self.KEYS)
+        length = self.args.rollout_length(step, self.steps)
+        loss = unrolled_loss(
+            model,
+            inputs,
+            labels[:, :length],
+            lead,
+            mode=self.args.rollout_mode,
+            noise_std=self.args.rollout_noise,
+            channel_mask=batch.get("channel_mask"),
+            config=self.config,
+        )
+        w = self.args.rollout_weight
+        return loss if w >= 1 else (1 - w) * model(**batch).loss + w * loss
+
+
 class PreparedRun:
     """A model, its AdamW parameter groups and the data, prepared under accelerate: what the loop needs, plus
     validation and export. Pretraining and every fine-tuning strategy build one the same way.
@@ -381,7 +416,11 @@ class PreparedRun:
 
     def parts(self, finish: Callable[[TrainState], dict]) -> TrainParts:
         """The loop's view of this run, ending with `finish`."""
+        objective = None
+        if self.data_args.rollout_steps:
+            objective = RolloutObjective(self.config, self.args, self.data_args.rollout_steps)
         return TrainParts(
+            objective=objective,
             accelerator=self.accelerator,
             model=self.model,
             optimizer=self.optimizer,

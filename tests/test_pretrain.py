@@ -152,9 +152,35 @@ def test_deepspeed_zero3_two_processes_train_resume_and_export(corpus, tmp_path:
 
 
 @multiprocess
+def test_two_process_ddp_rollout_training_resumes_exactly(corpus, tmp_path: Path):
+    """Rollout (pushforward) training mixed with all2all pairs under DDP: the K-step curriculum (K = 1 then 2),
+    input noise (the RNG state travels in the checkpoint) and the sampler continue exactly after a resume."""
+    import shutil
+
+    launcher = _accelerate("cpu-2proc-ddp.yaml")
+    rollout = ["--rollout_steps", "2", "--rollout_curriculum_steps", "4", "--rollout_noise", "0.01"]
+    rollout += ["--max_steps", "6", "--save_every", "2", "--eval_every", "0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = _run(_args(corpus, straight, *rollout), launcher)
+    assert "2 process(es), MULTI_CPU" in proc.stdout + proc.stderr
+    run_args = json.loads((straight / "run_args.json").read_text())
+    assert run_args["data"]["rollout_steps"] == 2 and run_args["train"]["rollout_mode"] == "pushforward"
+    shutil.copytree(straight / "checkpoints" / "step-0000004", resumed / "checkpoints" / "step-0000004")
+    shutil.copy(straight / "losses.jsonl", resumed / "losses.jsonl")  # as if killed after step 4's checkpoint
+    proc = _run(_args(corpus, resumed, *rollout), launcher)
+    assert "resumed from" in proc.stdout + proc.stderr
+    reference = _losses(straight)
+    assert len(reference) == 6 and all(v is not None for v in reference)
+    assert _losses(resumed) == pytest.approx(reference, rel=1e-6, abs=1e-7)
+
+
+@multiprocess
 def test_deepspeed_zero2_bf16_two_processes(corpus, tmp_path: Path):
+    # With unrolled rollout training (two steps with gradients) next to the pairs: three forward passes with
+    # gradients before each backward under ZeRO-2.
+    rollout = ["--rollout_steps", "2", "--rollout_mode", "unrolled", "--rollout_weight", "0.5"]
     proc = _run(
-        _args(corpus, tmp_path / "ds", "--precision", "bf16", "--max_steps", "3", "--save_every", "0"),
+        _args(corpus, tmp_path / "ds", "--precision", "bf16", "--max_steps", "3", "--save_every", "0", *rollout),
         _accelerate("cpu-2proc-zero2.yaml"),
     )
     assert (

@@ -133,3 +133,69 @@ def test_the_unrolled_loss_is_k_sequential_calls_and_pushforward_trains_the_last
     last.backward()  # the same gradients as training one step from the model's own 2-step state
     for mine, theirs in zip(grads, [p.grad for p in model.parameters() if p.grad is not None]):
         torch.testing.assert_close(mine, theirs)
+
+
+# ------------------------------------------------------------------------------------------ rollout training data
+def test_pairs_bring_rollout_sequences_of_their_trajectory(tmp_path):
+    import numpy as np
+
+    from foundation.data import All2AllPairs, open_source
+    from foundation.data.source import DataError
+    from foundation.pdes import generate
+
+    path = generate("ns-sines", 2, 16, tmp_path / "ns.h5", snapshots=7, seed=0, batch=2, progress=False)
+    source = open_source(path, fill_stats=True)
+    pairs = All2AllPairs(source, "train", max_snapshots=5, rollout_steps=2, rollout_lead_steps=1)
+    plain = All2AllPairs(source, "train", max_snapshots=5)
+    times = np.asarray(source.info.times)
+    for index in (0, len(pairs) - 1):  # a pair at the start, and one whose rollout must start earlier
+        item, base = pairs[index], plain[index]
+        torch.testing.assert_close(item["pixel_values"], base["pixel_values"])  # the pair itself is unchanged
+        traj, i, _, _ = pairs.locate(index)
+        start = min(i, 4 - 2)  # snapshots in use 0..4: two steps must fit
+        expect = [pairs._state(traj, s) for s in (start, start + 1, start + 2)]
+        torch.testing.assert_close(item["rollout_inputs"], torch.from_numpy(expect[0]))
+        torch.testing.assert_close(item["rollout_labels"], torch.from_numpy(np.stack(expect[1:])))
+        assert item["rollout_time"].item() == pytest.approx((times[1] - times[0]) / source.info.time_scale)
+    with pytest.raises(DataError, match="need 7 snapshots, 5 are in use"):
+        All2AllPairs(source, "train", max_snapshots=5, rollout_steps=3, rollout_lead_steps=2)
+
+
+def test_rollout_objective_mixes_the_pair_and_rollout_losses_with_a_curriculum():
+    from foundation.losses import unrolled_loss
+    from pretrain.config import TrainArguments
+    from pretrain.trainer import RolloutObjective
+
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"]).train()
+    batch = {
+        "pixel_values": torch.randn(2, 2, 16, 16),
+        "labels": torch.randn(2, 2, 16, 16),
+        "time": torch.tensor([0.3, 0.6]),
+        "channel_mask": torch.ones(2, 2),
+        "rollout_inputs": torch.randn(2, 2, 16, 16),
+        "rollout_labels": torch.randn(2, 3, 2, 16, 16),
+        "rollout_time": torch.tensor([0.2, 0.2]),
+    }
+    args = TrainArguments(rollout_weight=0.25, rollout_curriculum_steps=10)
+    assert [args.rollout_length(s, 3) for s in (0, 4, 5, 9, 10, 50)] == [1, 1, 2, 2, 3, 3]
+    objective = RolloutObjective(model.config, args, steps=3)
+    got = objective(model, batch, step=5)  # K = 2 of the 3 stored steps
+    pair = model(**{k: batch[k] for k in ("pixel_values", "labels", "time", "channel_mask")}).loss
+    rollout = unrolled_loss(
+        model,
+        batch["rollout_inputs"],
+        batch["rollout_labels"][:, :2],
+        batch["rollout_time"],
+        channel_mask=batch["channel_mask"],
+    )
+    torch.testing.assert_close(got, 0.75 * pair + 0.25 * rollout)
+    assert "rollout_labels" in batch  # the caller's batch is left as it was
+    only = RolloutObjective(model.config, TrainArguments(rollout_weight=1.0), steps=3)(model, batch, step=0)
+    full = unrolled_loss(
+        model,
+        batch["rollout_inputs"],
+        batch["rollout_labels"],
+        batch["rollout_time"],
+        channel_mask=batch["channel_mask"],
+    )
+    torch.testing.assert_close(only, full)

@@ -108,10 +108,23 @@ class Mixture(Dataset):
         return self.item(*self.locate(int(index)))
 
     def item(self, k: int, local: int) -> dict[str, torch.Tensor]:
-        """Pair `local` of dataset `k`, mapped onto the vocabulary."""
+        """Pair `local` of dataset `k`, mapped onto the vocabulary (its rollout sequence too, if it has one)."""
         item = self.parts[k][local]
         in_map, out_map, mask = self.maps[k]
-        x, y = item["pixel_values"], item["labels"]
+        out = {
+            "pixel_values": self._inputs(item["pixel_values"], in_map),
+            "labels": self._labels(item["labels"], out_map),
+            "time": item["time"],
+            "channel_mask": mask.clone(),
+            "dataset": torch.tensor(k),
+        }
+        if "rollout_labels" in item:
+            out["rollout_inputs"] = self._inputs(item["rollout_inputs"], in_map)
+            out["rollout_labels"] = torch.stack([self._labels(y, out_map) for y in item["rollout_labels"]])
+            out["rollout_time"] = item["rollout_time"]
+        return out
+
+    def _inputs(self, x: torch.Tensor, in_map: np.ndarray) -> torch.Tensor:
         inputs = torch.from_numpy(
             np.repeat(self.fill[:, None, None], x.shape[-2] * x.shape[-1], axis=1).reshape(
                 len(self.input_names), *x.shape[-2:]
@@ -119,13 +132,10 @@ class Mixture(Dataset):
         )
         present = torch.from_numpy(np.flatnonzero(in_map >= 0))
         inputs[present] = x[torch.from_numpy(in_map[in_map >= 0])]
+        return inputs
+
+    def _labels(self, y: torch.Tensor, out_map: np.ndarray) -> torch.Tensor:
         labels = torch.zeros(len(self.target_names), *y.shape[-2:])
         have = torch.from_numpy(np.flatnonzero(out_map >= 0))
         labels[have] = y[torch.from_numpy(out_map[out_map >= 0])]
-        return {
-            "pixel_values": inputs,
-            "labels": labels,
-            "time": item["time"],
-            "channel_mask": mask.clone(),
-            "dataset": torch.tensor(k),
-        }
+        return labels

@@ -33,6 +33,11 @@ class All2AllPairs(Dataset):
         lead_steps: Allowed values of j - i, in snapshots in use (None: all).
         normalize: Normalise with the source's statistics (state and static fields separately).
         check_finite: Refuse samples with NaN/Inf (names file and index).
+        rollout_steps: K > 0 adds to every pair a rollout sequence of the same trajectory for rollout training
+            (`foundation.losses.unrolled_loss`): `rollout_inputs` [C + S, H, W] at the pair's first snapshot
+            (moved earlier when fewer than K steps follow it), `rollout_labels` [K, C, H, W] the K snapshots
+            `rollout_lead_steps` apart after it, `rollout_time` the lead time of one step.
+        rollout_lead_steps: Snapshots in use per rollout step.
     """
 
     def __init__(
@@ -45,6 +50,8 @@ class All2AllPairs(Dataset):
         lead_steps: Sequence[int] | None = None,
         normalize: bool = True,
         check_finite: bool = True,
+        rollout_steps: int = 0,
+        rollout_lead_steps: int = 1,
     ):
         self.source, self.split_name = source, split
         self.trajectories = source.split(split)
@@ -75,6 +82,8 @@ class All2AllPairs(Dataset):
         self.lead_times = (
             np.ones(1) if info.steady else (times[self.pattern[:, 1]] - times[self.pattern[:, 0]]) / info.time_scale
         ).astype(np.float32)
+        self.rollout_steps, self.rollout_lead_steps = int(rollout_steps), int(rollout_lead_steps)
+        self.rollout_time = self._rollout_time(times) if self.rollout_steps else None
         self.normalize, self.check_finite = normalize, check_finite
         channels, statics = len(info.channel_names), len(info.static_names)
         if normalize and (info.mean is None or info.std is None):
@@ -92,6 +101,26 @@ class All2AllPairs(Dataset):
         self._inv_std, self._inv_sstd = 1.0 / self._std, 1.0 / self._sstd
         self.input_names = ([] if info.steady else list(info.channel_names)) + list(info.static_names)
         self.target_names = list(info.channel_names)
+
+    def _rollout_time(self, times: np.ndarray) -> float:
+        """The lead time of one rollout step (model units); refuses windows that do not fit or uneven spacing."""
+        info, k, s = self.source.info, self.rollout_steps, self.rollout_lead_steps
+        if info.steady:
+            raise DataError(f"{info.name}: a steady problem has no trajectory to roll out (rollout_steps={k})")
+        if k < 0 or s < 1:
+            raise DataError(f"{info.name}: rollout_steps must be >= 0 and rollout_lead_steps >= 1, got {k}, {s}")
+        if k * s >= len(times):
+            raise DataError(
+                f"{info.name}: {k} rollout steps of {s} snapshot(s) need {k * s + 1} snapshots, "
+                f"{len(times)} are in use (max_snapshots / stride)"
+            )
+        steps = times[s:] - times[:-s]
+        if not np.allclose(steps, steps[0], rtol=1e-4, atol=0.0):
+            raise DataError(
+                f"{info.name}: rollout training needs evenly spaced snapshots; spacings of {s} snapshot(s) "
+                f"range from {steps.min():g} to {steps.max():g}"
+            )
+        return float(steps[0] / info.time_scale)
 
     @property
     def pairs_per_trajectory(self) -> int:
@@ -121,26 +150,41 @@ class All2AllPairs(Dataset):
         out *= inv_std
         return out
 
+    def _state(self, traj: int, snapshot: int) -> np.ndarray:
+        return self._normalised(self.source.read(traj, snapshot, check=self.check_finite), self._mean, self._inv_std)
+
+    def _with_statics(self, traj: int, state: np.ndarray | None) -> np.ndarray:
+        parts = [] if state is None else [state]
+        if self.source.info.static_names:
+            static = self.source.read_static(traj, check=self.check_finite)
+            parts.append(self._normalised(static, self._smean, self._inv_sstd))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         traj, i, j, lead = self.locate(int(index))
-        source, check = self.source, self.check_finite
-        target = self._normalised(source.read(traj, j, check=check), self._mean, self._inv_std)
-        parts = []
-        if not source.info.steady:
-            same = i == j
-            parts.append(
-                target.copy()
-                if same
-                else self._normalised(source.read(traj, i, check=check), self._mean, self._inv_std)
-            )
-        if source.info.static_names:
-            parts.append(self._normalised(source.read_static(traj, check=check), self._smean, self._inv_sstd))
-        inputs = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return {
-            "pixel_values": torch.from_numpy(inputs),
+        target = self._state(traj, j)
+        state = None
+        if not self.source.info.steady:
+            state = target.copy() if i == j else self._state(traj, i)
+        item = {
+            "pixel_values": torch.from_numpy(self._with_statics(traj, state)),
             "labels": torch.from_numpy(target),
             "time": torch.tensor(lead, dtype=torch.float32),
             "channel_mask": torch.ones(len(self.target_names), dtype=torch.float32),
+        }
+        if self.rollout_steps:
+            item.update(self._rollout(traj, self.snapshots.index(i)))
+        return item
+
+    def _rollout(self, traj: int, first: int) -> dict[str, torch.Tensor]:
+        """The rollout sequence from position `first` of the snapshots in use (earlier if K steps do not fit)."""
+        k, s = self.rollout_steps, self.rollout_lead_steps
+        start = min(first, len(self.snapshots) - 1 - k * s)
+        labels = np.stack([self._state(traj, self.snapshots[start + m * s]) for m in range(1, k + 1)])
+        return {
+            "rollout_inputs": torch.from_numpy(self._with_statics(traj, self._state(traj, self.snapshots[start]))),
+            "rollout_labels": torch.from_numpy(labels),
+            "rollout_time": torch.tensor(self.rollout_time, dtype=torch.float32),
         }
 
 
