@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.data import DataError, open_source
-from foundation.evaluation import HEADLINE, evaluate, headline, metric_key
+from foundation.evaluation import HEADLINE, evaluate, headline, horizon, metric_key
 from pretrain.config import (
     DataArguments,
     ModelArguments,
@@ -178,6 +178,22 @@ def _evaluate(model, spec: str, split: str, tune: FinetuneArguments, data_args, 
     return result
 
 
+def _horizon(model, spec: str, tune: FinetuneArguments, data_args) -> dict | None:
+    """Rollouts past the training window on the test split (`foundation.evaluation.horizon`, the model's default
+    strategy) when the task's trajectories are longer than the window (`max_snapshots`); None otherwise."""
+    if data_args.max_snapshots is None:
+        return None
+    with open_source(spec) as source:
+        stored = len(range(0, source.num_snapshots, data_args.stride))
+        if source.info.steady or stored <= data_args.max_snapshots:
+            return None
+    sources = [open_source(spec, fill_stats=True)]
+    result = horizon(model, sources, "test", trajectories=tune.eval_rollout_trajectories, stride=data_args.stride)
+    if not result:
+        return None
+    return {"final": result["final"], "windows": result["windows"], "max_lead": result["max_lead"]}
+
+
 def training_pairs(spec: str, n: int, data_args: DataArguments) -> int:
     """All2all training pairs of the first `n` training trajectories of `spec`."""
     from foundation.data import All2AllPairs
@@ -207,8 +223,10 @@ def run_trained_cell(
     tune.from_scratch = method == "scratch"
     start = time.perf_counter()
     outcome = Finetuner(model_args, data_args, train_args, tune).train()
-    val = _evaluate(load_model(outcome["model"]), spec, "val", tune, data_args, rollout=False)
+    model = load_model(outcome["model"])
+    val = _evaluate(model, spec, "val", tune, data_args, rollout=False)
     test = json.loads((folder / "evaluation" / "evaluation.json").read_text())
+    long = _horizon(model, spec, tune, data_args)
     curve_file, key = folder / "validation.jsonl", metric_key(space="normalised")
     lines = curve_file.read_text().splitlines() if curve_file.exists() else []
     return {
@@ -221,6 +239,7 @@ def run_trained_cell(
         "batch_size": train_args.batch_size,
         "trainable_parameters": outcome["parameters"]["trainable"],
         "wall_s": round(time.perf_counter() - start, 1),
+        **({"horizon": long} if long else {}),
     }
 
 
@@ -240,7 +259,9 @@ def run_baseline_cell(spec: str, n: int, args: tuple, bench: BenchmarkArguments)
     val = _evaluate(model, spec, "val", tune, data_args, rollout=False)
     test = _evaluate(model, spec, "test", tune, data_args)
     kind = "training mean" if steady else "persistence"
-    return {"val": val[HEADLINE], "test": test[HEADLINE], "test_metrics": headline(test), "baseline": kind}
+    long = None if steady else _horizon(model, spec, tune, data_args)
+    out = {"val": val[HEADLINE], "test": test[HEADLINE], "test_metrics": headline(test), "baseline": kind}
+    return {**out, "horizon": long} if long else out
 
 
 @functools.lru_cache(maxsize=8)
@@ -337,6 +358,10 @@ def run_benchmark(model_args, data_args, train_args, tune, bench: BenchmarkArgum
                         f"{lr:g}": float(np.median([c["val"] for c in by_lr[lr]])) for lr in by_lr
                     },
                 }
+                finals = [c["horizon"]["final"]["median_rel_l1_physical/mean"] for c in chosen if c.get("horizon")]
+                if finals:  # past the training window: the last step of the test trajectories
+                    rows[str(n)]["horizon_final"] = float(np.median(finals))
+                    rows[str(n)]["horizon_final_step"] = chosen[0]["horizon"]["final"]["step"]
                 curves = [c["val_curve"] for c in chosen if c.get("val_curve")]
                 if curves:
                     rows[str(n)]["val_curve"] = median_curve(curves)
@@ -397,6 +422,24 @@ def table(report: dict) -> str:
                 for b in ("scratch", "fno", "persistence")
             ]
             lines.append(f"| {name} | {n} | " + " | ".join(cells + ratios) + " |")
+    long = [
+        (name, n, task)
+        for name, task in report["tasks"].items()
+        for n in report["n"]
+        if any("horizon_final" in (task["methods"].get(m, {}).get(str(n)) or {}) for m in methods)
+    ]
+    if long:
+        lines += [
+            "\nPast the training window: the same models rolled out from the first test snapshot to the end of "
+            "trajectories longer than the window (default strategy), median rel. L1 (%) at the last step\n",
+            "| task | N | last step | " + " | ".join(methods) + " |",
+            "|---|---|---|" + "---|" * len(methods),
+        ]
+        for name, n, task in long:
+            rows = [task["methods"].get(m, {}).get(str(n)) or {} for m in methods]
+            step = next(r["horizon_final_step"] for r in rows if "horizon_final_step" in r)
+            cells = [f"{r['horizon_final']:.2f}" if "horizon_final" in r else "-" for r in rows]
+            lines.append(f"| {name} | {n} | {step} | " + " | ".join(cells) + " |")
     for name, task in report["tasks"].items():
         if "scratch_levelled_off" in task:
             flat = task["scratch_levelled_off"]

@@ -8,6 +8,12 @@ The metrics are `foundation.evaluation.evaluate`'s, on de-normalised (physical) 
 - direct vs autoregressive rollouts from the first snapshot, per lead time;
 - error by frequency band (low / mid / high thirds of the resolved wavenumbers) and the radial spectra.
 Writes `evaluation.json` and PNG plots (`samples.png`, `rollout.png`, `spectra.png`) into `--out`.
+
+    python -m finetune.evaluate --model runs/ft/model --datasets long.h5 --horizon [--strategy jump] [--max_lead T]
+
+`--horizon` trains and evaluates nothing else: it rolls the model out from the first snapshot to the end of each
+trajectory (longer than the training window, e.g. files of twice the span) and writes `horizon.json` and
+`horizon.png`: error and spectral energy drift against step, The Well's windows (steps 6-12, 13-30), the last step.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from pathlib import Path
 
 from foundation import ScOT
 from foundation.data import DataError, open_source
-from foundation.evaluation import evaluate, headline
-from foundation.plots import evaluation_plots
+from foundation.evaluation import ROLLOUT_STRATEGIES, evaluate, headline, horizon
+from foundation.plots import evaluation_plots, horizon_plot
 
 from .baselines import FNO_CONFIG, FNOBaseline
 from .refiner import HEAD_CONFIG, RefinedScOT
@@ -81,6 +87,31 @@ def evaluate_run(model_dir: Path, specs: list[str], data_args, tune, out_dir: Pa
 
 
 # ----------------------------------------------------------------------------------------------- CLI
+def _horizon_main(args) -> int:
+    out = Path(args.out) if args.out else Path(args.model).with_name("horizon")
+    try:
+        from .data import resolve_specs
+
+        specs = resolve_specs(args.datasets, out / "data")
+        model = load_model(args.model)
+        sources = [open_source(spec, fill_stats=True) for spec in specs]
+        options = dict(trajectories=args.rollout_trajectories, stride=args.stride, strategy=args.strategy)
+        result = horizon(model, sources, split=args.split, max_lead=args.max_lead, **options)
+    except (DataError, ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not result:
+        print("error: no time-dependent trajectory to roll out in --datasets", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "horizon.json").write_text(json.dumps(result, indent=2))
+    if not args.no_plots:
+        horizon_plot({args.model: result}, out / "horizon.png")
+    summary = {"horizon": str(out / "horizon.json"), "final": result["final"], "windows": result["windows"]}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Model folder or Hub repo id.")
@@ -92,7 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--max_snapshots", type=int, default=None)
     parser.add_argument("--no_plots", action="store_true")
+    parser.add_argument("--horizon", action="store_true", help="Rollouts past the training window only.")
+    parser.add_argument("--strategy", default="jump", choices=list(ROLLOUT_STRATEGIES), help="With --horizon.")
+    parser.add_argument(
+        "--max_lead", type=float, default=None, help="With --horizon: the jump, in model units (default: trained)."
+    )
     args = parser.parse_args(argv)
+    if args.horizon:
+        return _horizon_main(args)
     out = Path(args.out) if args.out else Path(args.model).with_name("evaluation")
     try:
         from .data import resolve_specs

@@ -80,6 +80,10 @@ class ScOTConfig(PretrainedConfig):
         output_mean: Per output channel mean in physical units.
         output_std: Per output channel standard deviation in physical units.
         time_scale: Physical time that maps to lead time 1.0.
+        max_lead_time: The largest lead time (model units) of the training pairs, recorded by the trainers
+            (None: not recorded; all2all over whole trajectories trains up to 1.0). Rollouts past it chain jumps.
+        rollout_lead_time: The lead time of one step of rollout training (model units), when the model had it:
+            the jump its rollouts chain by default.
         input_resampling: "fourier" resamples inputs of another grid to image_size (the reference
             behaviour); "none" runs natively on the given grid.
     """
@@ -118,6 +122,8 @@ class ScOTConfig(PretrainedConfig):
     output_mean: list[float] | None = None
     output_std: list[float] | None = None
     time_scale: float = 1.0
+    max_lead_time: float | None = None
+    rollout_lead_time: float | None = None
     input_resampling: str = "fourier"
 
     def __post_init__(self, **kwargs: Any) -> None:

@@ -201,6 +201,16 @@ def feed_back(x: Tensor, y: Tensor, feed: Tensor, mask: Tensor | None = None) ->
     return x
 
 
+def default_jump(config) -> float:
+    """The lead time (model units) a "jump" rollout chains: the rollout-training step when the model was trained
+    on rollouts, else the largest lead time of its training pairs, else 1 (all2all over whole trajectories)."""
+    for name in ("rollout_lead_time", "max_lead_time"):
+        value = getattr(config, name, None)
+        if value:
+            return float(value)
+    return 1.0
+
+
 @torch.no_grad()
 def rollout_predictions(
     model,
@@ -208,24 +218,24 @@ def rollout_predictions(
     lead_time: float,
     steps: int,
     strategy: str = "jump",
-    max_lead: float = 1.0,
+    max_lead: float | None = None,
     channel_mask: Tensor | None = None,
     config=None,
 ) -> Tensor:
     """Predictions at `lead_time` x 1..`steps` from the normalised inputs `x` (B, C_in, H, W), for any model that
     `finetune.load_model` returns (plain, refined, LoRA, an FNO baseline): (steps, B, C_out, H, W), normalised.
 
-    Times are in the model's units (`config.time_scale` is 1; its training window spans lead times up to
-    `max_lead`, 1 for all2all training). Strategies:
-      jump            the default: to reach t, chain as many jumps of `max_lead` as fit (the largest lead time
-                      the model was trained on: fewest calls fed their own outputs) and predict the remainder
-                      directly from the last jump; inside the window it is one direct call.
+    Times are in the model's units (`config.time_scale` is 1). Strategies:
+      jump            the default: to reach t, chain as many jumps of `max_lead` as fit and predict the remainder
+                      directly from the last jump; inside the window it is one direct call. `max_lead` defaults
+                      to `default_jump(config)`: the rollout-training step if the model had one, else the largest
+                      lead time it was trained on (fewest calls fed their own outputs).
       autoregressive  one call per `lead_time`, each fed the previous output.
     Only the evolving outputs are fed back (`feed_back`).
     """
     if strategy not in ROLLOUT_STRATEGIES:
         raise ValueError(f"rollout strategy must be one of {', '.join(ROLLOUT_STRATEGIES)}, got {strategy!r}")
-    if not (lead_time > 0 and max_lead > 0 and steps >= 1):
+    if not (lead_time > 0 and (max_lead is None or max_lead > 0) and steps >= 1):
         raise ValueError(f"need lead_time > 0, max_lead > 0 and steps >= 1, got {lead_time}, {max_lead}, {steps}")
     config = config or model.config
     feed = feedable(config)
@@ -233,6 +243,7 @@ def rollout_predictions(
         raise ValueError(
             f"outputs {config.output_channel_names} are not all inputs {config.channel_names}: nothing to feed back"
         )
+    max_lead = default_jump(config) if max_lead is None else max_lead
 
     def call(state: Tensor, dt: float) -> Tensor:
         time = torch.full((state.shape[0],), dt, dtype=state.dtype, device=state.device)
@@ -302,6 +313,83 @@ def rollout(
         f"{t:.3f}": {"direct": float(np.median(direct[t])), "autoregressive": float(np.median(chained[t]))}
         for t in sorted(direct)
     }
+
+
+# The Well's windows of rollout steps (its "6:12" and "13:30"), reported where the trajectories reach them.
+HORIZON_WINDOWS = ((6, 12), (13, 30))
+
+
+@torch.no_grad()
+def horizon(
+    model,
+    sources: Sequence,
+    split: str = "test",
+    trajectories: int = 8,
+    stride: int = 1,
+    strategy: str = "jump",
+    max_lead: float | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Rollouts from the first snapshot to the end of each trajectory (past the training window), physical fields.
+
+    Per step k (snapshot k * `stride`): the median over trajectories of the mean-over-groups relative L1 (%) and
+    of the spectral energy drift (total energy of the prediction over that of the truth, minus 1; channels
+    averaged); the mean of the median curve over The Well's step windows 6-12 and 13-30 where they exist; the
+    last step. Lead times are the data's physical times over the model's `time_scale` (not the data's own scale:
+    files twice as long as the training ones have twice the span). `strategy` and `max_lead` as in
+    `rollout_predictions` (default: `default_jump(config)`).
+    """
+    config = model.config
+    convert = to_physical(config)
+    max_lead = default_jump(config) if max_lead is None else max_lead
+    errors: dict[int, list[float]] = {}
+    drift: dict[int, list[float]] = {}
+    leads: dict[int, float] = {}
+    for source in sources:
+        data = held_out_pairs(config, [source], split, stride=stride)
+        part = data.parts[0]
+        if part.source.info.steady or len(part.snapshots) < 2:
+            continue
+        times = np.asarray(part.source.info.times, dtype=np.float64)[part.snapshots]
+        spacing = np.diff(times)
+        if not np.allclose(spacing, spacing[0], rtol=1e-4):
+            raise ValueError(f"{part.source.info.name}: a horizon rollout needs evenly spaced snapshots")
+        lead = float(spacing[0] / config.time_scale)
+        pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
+        last = len(part.snapshots) - 1
+        for slot in range(min(trajectories, len(part.trajectories))):
+            base = slot * len(part.pattern)
+            items = [data.item(0, base + pattern[(0, j)]) for j in range(1, last + 1)]
+            x = items[0]["pixel_values"][None].to(device)
+            mask = items[0]["channel_mask"][None].to(device)
+            preds = rollout_predictions(model, x, lead, last, strategy, max_lead, mask, config)
+            for j, (item, pred) in enumerate(zip(items, preds), start=1):
+                truth, guess = convert(item["labels"][None].to(device)), convert(pred)
+                errors.setdefault(j, []).append(float(torch.nanmean(per_sample_errors(guess, truth, config, mask))))
+                energy = guess.double().square().sum((-2, -1)) / truth.double().square().sum((-2, -1)).clamp_min(1e-30)
+                drift.setdefault(j, []).append(float((energy[mask > 0] - 1).mean()))
+                leads[j] = j * lead
+    if not errors:
+        return {}
+    steps = sorted(errors)
+    curve = [float(np.median(errors[j])) for j in steps]
+    result = {
+        "strategy": strategy,
+        "max_lead": max_lead,
+        "trained_max_lead": getattr(config, "max_lead_time", None),
+        "trajectories": len(errors[steps[0]]),
+        "steps": steps,
+        "lead_time": [leads[j] for j in steps],
+        "median_rel_l1_physical/mean": curve,
+        "energy_drift": [float(np.median(drift[j])) for j in steps],
+        "final": {"step": steps[-1], "lead_time": leads[steps[-1]], "median_rel_l1_physical/mean": curve[-1]},
+        "windows": {},
+    }
+    for first, end in HORIZON_WINDOWS:
+        inside = [c for j, c in zip(steps, curve) if first <= j <= end]
+        if steps[-1] >= first:
+            result["windows"][f"{first}-{end}"] = float(np.mean(inside))
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- spectra

@@ -74,3 +74,29 @@ def evaluation_plots(out: Path, samples, result: dict, config) -> list[str]:
     plt.close(fig)
     written.append("spectra.png")
     return written
+
+
+def horizon_plot(curves: dict[str, dict], path: str | Path) -> None:
+    """Error and spectral energy drift against rollout step, one line per labelled `horizon` result; the
+    trained window's end (its largest lead time) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (err, drift) = plt.subplots(1, 2, figsize=(9, 3.5))
+    window = None
+    for label, result in curves.items():
+        err.plot(result["lead_time"], result["median_rel_l1_physical/mean"], "o-", ms=3, label=label)
+        drift.plot(result["lead_time"], result["energy_drift"], "o-", ms=3, label=label)
+        window = window or result.get("trained_max_lead")
+    for ax in (err, drift):
+        if window:
+            ax.axvline(window, color="grey", ls="--", lw=1)
+        ax.set_xlabel("lead time (model units)")
+    err.set_ylabel("median relative L1 (%)")
+    drift.set_ylabel("energy drift (prediction / truth - 1)")
+    err.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -58,6 +58,11 @@ def prepare_release(
         for name in EVALUATION_FILES:
             if (run / "evaluation" / name).exists():
                 shutil.copy2(run / "evaluation" / name, partial / "evaluation" / name)
+    if (run / "horizon" / "horizon.json").exists():  # rollouts past the training window, when evaluated
+        (partial / "horizon").mkdir()
+        for name in ("horizon.json", "horizon.png"):
+            if (run / "horizon" / name).exists():
+                shutil.copy2(run / "horizon" / name, partial / "horizon" / name)
     if (run / "adapter" / "adapter_config.json").exists():  # LoRA: the adapters too (the weights are merged)
         shutil.copytree(run / "adapter", partial / "adapter")
     if benchmark is not None:

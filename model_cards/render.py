@@ -150,6 +150,7 @@ def collect_run(run_dir: str | Path, benchmark: str | Path | None = None) -> dic
         "result": _read_json(run / "result.json") or {},
         "plot": "predictions.png" if (run / "predictions.png").exists() else None,
         "evaluation": _read_json(run / "evaluation" / "evaluation.json"),
+        "horizon": _read_json(run / "horizon" / "horizon.json"),  # python -m finetune.evaluate --horizon
         "refined": (run / "model" / "spectral_head.json").exists(),
         "parameters": _count_parameters(run / "model" / "model.safetensors"),
     }
@@ -287,6 +288,7 @@ def render_model_card(
     lead_table += _validation_curve(meta.get("validation_curve") or [], train.get("batch_size"))
     lead_table += _rollout_table(metrics.get("rollout"), "validation trajectories, normalised fields")
     lead_table += _evaluation_section(meta.get("evaluation"), result)
+    lead_table += _horizon_section(meta.get("horizon"))
     if meta.get("refined"):
         lead_table += (
             "\n**Spectral-Refiner head.** This repository holds a spectral head beside the weights "
@@ -404,6 +406,34 @@ def _evaluation_section(evaluation: dict | None, result: dict) -> str:
     rows.append(_rollout_table(evaluation.get("rollout"), "held-out trajectories, physical fields"))
     for plot in evaluation.get("plots", []):
         rows.append(f"\n![{plot[:-4]}](evaluation/{plot})")
+    return "\n".join(rows) + "\n"
+
+
+def _horizon_section(horizon: dict | None) -> str:
+    """Rollouts past the training window (`foundation.evaluation.horizon`): windows, the last step, a few points."""
+    if not horizon:
+        return ""
+    curve, leads, drift = horizon["median_rel_l1_physical/mean"], horizon["lead_time"], horizon["energy_drift"]
+    picks = sorted({min(len(curve) - 1, round(i * (len(curve) - 1) / 5)) for i in range(6)})
+    trained = horizon.get("trained_max_lead")
+    rows = [
+        f"\n### Past the training window ({horizon['trajectories']} held-out trajectories, physical units)\n",
+        f"Rolled out from the first snapshot with the '{horizon['strategy']}' strategy (jumps of "
+        f"{horizon['max_lead']:g} in model time units"
+        + (f"; trained on lead times up to {trained:g}" if trained else "")
+        + "). Energy drift: total energy of the prediction over the truth's, minus 1.\n",
+        "| lead time | " + " | ".join(f"{leads[i]:.2f}" for i in picks) + " |",
+        "|---|" + "---|" * len(picks),
+        "| median rel. L1 (%) | " + " | ".join(f"{curve[i]:.2f}" for i in picks) + " |",
+        "| energy drift | " + " | ".join(f"{drift[i]:+.3f}" for i in picks) + " |",
+    ]
+    windows = ", ".join(f"steps {k}: {v:.2f}%" for k, v in horizon.get("windows", {}).items())
+    final = horizon["final"]
+    last = final["median_rel_l1_physical/mean"]
+    rows.append(
+        f"\nLast step ({final['step']}, lead time {final['lead_time']:.2f}): {last:.2f}%"
+        + (f"; The Well's windows, mean error: {windows}." if windows else ".")
+    )
     return "\n".join(rows) + "\n"
 
 

@@ -376,6 +376,10 @@ class PreparedRun:
         self.model_args, self.data_args, self.args = model_args, data_args, train_args
         self.out = Path(train_args.output_dir)
         self.config = model.config
+        # What the rollouts of the exported model chain by default (foundation.evaluation.default_jump).
+        self.config.max_lead_time = float(max(part.lead_times.max() for part in data.train_set.parts))
+        rollout_times = [part.rollout_time for part in data.train_set.parts if part.rollout_time is not None]
+        self.config.rollout_lead_time = float(max(rollout_times)) if rollout_times else None
         self.group_names = group_names(self.config)
         grid = data.sources[0].grid
         if isinstance(model, ScOT):

@@ -132,6 +132,26 @@ def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(bas
         run_benchmark(*args, log=logs.append)
 
 
+@pytest.mark.slow
+def test_tasks_longer_than_the_window_get_rollout_rows(base_dir, tmp_path):
+    # Trajectories of 6 snapshots, trained on the first 3: each cell also rolls out to the last snapshot.
+    model_args, data_args, train_args, tune, bench = arguments(base_dir, tmp_path)
+    data_args.max_snapshots, tune.eval_rollout_trajectories = 3, 2
+    bench.tasks = ["pde:allen-cahn:n=10,resolution=16,snapshots=6,seed=3,val=2,test=2,eps=0.08"]
+    bench.n, bench.methods = [2], ["finetuned", "persistence"]
+    report = run_benchmark(model_args, data_args, train_args, tune, bench, log=lambda line: None)
+    rows = report["tasks"]["allen-cahn"]["methods"]
+    assert rows["finetuned"]["2"]["horizon_final_step"] == 5 and rows["finetuned"]["2"]["horizon_final"] > 0
+    errors = []  # persistence rolled out is the first snapshot, compared with the last
+    with open_source(report["tasks"]["allen-cahn"]["data"]) as source:
+        for traj in source.split("test"):
+            first, last = (source.read(traj, k)[0].astype(np.float64) for k in (0, source.num_snapshots - 1))
+            errors.append(100 * np.abs(first - last).sum() / np.abs(last).sum())
+    assert rows["persistence"]["2"]["horizon_final"] == pytest.approx(np.median(errors), rel=1e-4)
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "Past the training window" in table and "| allen-cahn | 2 | 5 |" in table
+
+
 def test_corpus_generates_each_family_once_and_refuses_benchmark_tasks(tmp_path):
     recipe = tmp_path / "corpus.yaml"
     recipe.write_text(

@@ -113,6 +113,38 @@ def test_card_of_a_release_carries_its_downstream_benchmark(run_dir: Path, tmp_p
         collect_run(run_dir, tmp_path)
 
 
+def test_card_and_release_carry_the_horizon_evaluation(run_dir: Path, tmp_path: Path):
+    import shutil
+
+    from model_cards.publish import prepare_release
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    curve = [2.0 + j for j in range(12)]
+    horizon = {
+        "strategy": "jump",
+        "max_lead": 0.5,
+        "trained_max_lead": 0.5,
+        "trajectories": 4,
+        "steps": list(range(1, 13)),
+        "lead_time": [0.1 * j for j in range(1, 13)],
+        "median_rel_l1_physical/mean": curve,
+        "energy_drift": [-0.01 * j for j in range(1, 13)],
+        "final": {"step": 12, "lead_time": 1.2, "median_rel_l1_physical/mean": 13.0},
+        "windows": {"6-12": 10.0},
+    }
+    (run / "horizon").mkdir()
+    (run / "horizon" / "horizon.json").write_text(json.dumps(horizon))
+    card = render_model_card(collect_run(run), "me/scot-tiny-demo").content
+    assert "### Past the training window (4 held-out trajectories, physical units)" in card
+    assert "| median rel. L1 (%) | 2.00 | 4.00 | 6.00 | 9.00 | 11.00 | 13.00 |" in card
+    assert "trained on lead times up to 0.5" in card and "Last step (12, lead time 1.20): 13.00%" in card
+    assert "steps 6-12: 10.00%" in card
+    files = prepare_release(run, tmp_path / "release", "me/scot-tiny-demo")
+    assert "horizon" in files and (tmp_path / "release" / "horizon" / "horizon.json").exists()
+    assert "Past the training window" not in render_model_card(collect_run(run_dir), "me/x").content  # none: no section
+
+
 def test_dataset_card_of_a_generated_file(run_dir: Path, tmp_path: Path):
     source = open_source(run_dir.parent / "data" / "ce-rp.h5")
     card = render_dataset_card(source, "me/ce-rp-small")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,3 +200,37 @@ def test_rollout_objective_mixes_the_pair_and_rollout_losses_with_a_curriculum()
         channel_mask=batch["channel_mask"],
     )
     torch.testing.assert_close(only, full)
+
+
+# ------------------------------------------------------------------------------------------ evaluation past the window
+def test_horizon_evaluation_rolls_past_the_window_and_writes_its_curve(tmp_path):
+    import json
+
+    from finetune.evaluate import main
+
+    torch.manual_seed(0)
+    config = ScOTConfig.from_preset(
+        "tiny",
+        image_size=16,
+        channel_names=["u", "v", "f"],
+        output_channel_names=["u", "v"],
+        input_mean=[0.0, 0.0, 0.0],
+        input_std=[1.0, 1.0, 0.1],
+        output_mean=[0.0, 0.0],
+        output_std=[1.0, 1.0],
+        time_scale=1.0,
+        max_lead_time=0.5,  # trained on half the span of these files: rollouts chain jumps of 0.5
+    )
+    ScOT(config).save_pretrained(tmp_path / "model")
+    out = tmp_path / "horizon"
+    spec = "pde:ns-kf:n=4,resolution=16,snapshots=9,seed=0,val=1,test=2,t_end=2.0"
+    argv = ["--model", str(tmp_path / "model"), "--datasets", spec, "--horizon", "--out", str(out)]
+    assert main(argv + ["--rollout_trajectories", "2"]) == 0
+    result = json.loads((out / "horizon.json").read_text())
+    assert result["steps"] == list(range(1, 9)) and result["max_lead"] == 0.5 and result["trajectories"] == 2
+    assert result["lead_time"] == pytest.approx([0.25 * j for j in range(1, 9)])  # physical time / time_scale
+    assert len(result["energy_drift"]) == 8 and all(v > -1 for v in result["energy_drift"])
+    assert set(result["windows"]) == {"6-12"}  # 8 steps: The Well's first window only
+    assert result["windows"]["6-12"] == pytest.approx(np.mean(result["median_rel_l1_physical/mean"][5:]))
+    assert result["final"]["step"] == 8 and (out / "horizon.png").exists()
+    assert main(argv + ["--max_lead", "0"]) == 2  # a bad jump is one error line

@@ -1,0 +1,93 @@
+"""Does rollout training pay past the training window? All2all-only vs rollout-trained fine-tunes of one model.
+
+The measurement of the long-horizon issue (ns-kf with its forcing at 64^2, files of twice the physical span, both
+models trained on the first half of the same files with equal optimizer steps):
+
+    python -c "from finetune.data import resolve_specs; resolve_specs(['pde:ns-kf:n=56,resolution=64,snapshots=21,\
+seed=21,val=8,test=16,t_end=2.0'], 'runs/horizon/data')"
+    COMMON="--init_from runs/pretrain-corpus-cpu/model --datasets runs/horizon/data/ns-kf-n56-r64-s21-seed21-val8-\
+test16-t_end2.0.h5 --max_snapshots 11 --strategy full --max_steps 500 --batch_size 16 --learning_rate 5e-4 \
+--warmup_steps 25 --eval_every 100 --tracker none --seed 0"
+    python -m finetune $COMMON --output_dir runs/horizon/all2all
+    python -m finetune $COMMON --output_dir runs/horizon/rollout --rollout_steps 2 --rollout_lead_steps 5
+    python benchmarks/long_horizon.py --all2all runs/horizon/all2all --rollout runs/horizon/rollout \
+        --datasets runs/horizon/data/ns-kf-n56-r64-s21-seed21-val8-test16-t_end2.0.h5
+
+Both models roll out from the first test snapshot to the end (`foundation.evaluation.horizon`) with the API's
+default strategy (jumps of `default_jump`: the rollout model's training step, the all2all model's largest trained
+lead); the all2all model also with every jump of `--jumps`, its best kept. In-window direct errors are the runs'
+own held-out evaluations (all2all pairs inside the window). Prints and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all2all", required=True, help="Run folder of the all2all-only fine-tune.")
+    parser.add_argument("--rollout", required=True, help="Run folder of the rollout-trained fine-tune.")
+    parser.add_argument("--datasets", nargs="+", required=True, help="The long trajectories (test split used).")
+    parser.add_argument("--trajectories", type=int, default=16)
+    parser.add_argument("--jumps", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5], help="Model units.")
+    parser.add_argument("--out", default=None, help="JSON path (default: print only).")
+    args = parser.parse_args()
+
+    from finetune.evaluate import load_model
+    from foundation.data import open_source
+    from foundation.evaluation import horizon
+    from foundation.plots import horizon_plot
+
+    def run_horizon(folder: str, jump: float | None) -> dict:
+        sources = [open_source(spec, fill_stats=True) for spec in args.datasets]
+        model = load_model(Path(folder) / "model")
+        return horizon(model, sources, "test", trajectories=args.trajectories, max_lead=jump)
+
+    def facts(folder: str) -> dict:
+        result = json.loads((Path(folder) / "result.json").read_text())
+        losses = [json.loads(line) for line in (Path(folder) / "losses.jsonl").read_text().splitlines()]
+        return {
+            "in_window_median_rel_l1_physical/mean": result["evaluation"]["median_rel_l1_physical/mean"],
+            "steps": result["step"],
+            "samples_per_s_per_process": result.get("samples_per_s_per_process"),
+            "final_train_loss": losses[-1]["loss"],
+            "run_args": json.loads((Path(folder) / "run_args.json").read_text()),
+        }
+
+    out = {"all2all": facts(args.all2all), "rollout": facts(args.rollout)}
+    out["all2all"]["horizon_default"] = run_horizon(args.all2all, None)
+    out["rollout"]["horizon_default"] = run_horizon(args.rollout, None)
+    by_jump = {f"{j:g}": run_horizon(args.all2all, j) for j in args.jumps}
+    best = min(by_jump, key=lambda j: by_jump[j]["final"]["median_rel_l1_physical/mean"])
+    out["all2all"]["horizon_by_jump"] = by_jump
+    out["all2all"]["best_jump"] = float(best)
+
+    def final(result: dict) -> float:
+        return result["final"]["median_rel_l1_physical/mean"]
+
+    rollout_final = final(out["rollout"]["horizon_default"])
+    out["ratios"] = {
+        "final_step_rollout_vs_all2all_default": rollout_final / final(out["all2all"]["horizon_default"]),
+        "final_step_rollout_vs_all2all_best_jump": rollout_final / final(by_jump[best]),
+        "in_window_rollout_vs_all2all": out["rollout"]["in_window_median_rel_l1_physical/mean"]
+        / out["all2all"]["in_window_median_rel_l1_physical/mean"],
+    }
+    out["targets"] = {"final_step": "<= 0.7", "in_window": "<= 1.1"}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        curves = {
+            "all2all (default jump)": out["all2all"]["horizon_default"],
+            f"all2all (jump {best})": by_jump[best],
+            "rollout-trained (default jump)": out["rollout"]["horizon_default"],
+        }
+        horizon_plot(curves, Path(args.out).with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
