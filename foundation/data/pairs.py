@@ -153,11 +153,14 @@ class All2AllPairs(Dataset):
     def _state(self, traj: int, snapshot: int) -> np.ndarray:
         return self._normalised(self.source.read(traj, snapshot, check=self.check_finite), self._mean, self._inv_std)
 
-    def _with_statics(self, traj: int, state: np.ndarray | None) -> np.ndarray:
-        parts = [] if state is None else [state]
-        if self.source.info.static_names:
-            static = self.source.read_static(traj, check=self.check_finite)
-            parts.append(self._normalised(static, self._smean, self._inv_sstd))
+    def _static(self, traj: int) -> np.ndarray | None:
+        if not self.source.info.static_names:
+            return None
+        return self._normalised(self.source.read_static(traj, check=self.check_finite), self._smean, self._inv_sstd)
+
+    @staticmethod
+    def _inputs(state: np.ndarray | None, static: np.ndarray | None) -> np.ndarray:
+        parts = [p for p in (state, static) if p is not None]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -166,23 +169,25 @@ class All2AllPairs(Dataset):
         state = None
         if not self.source.info.steady:
             state = target.copy() if i == j else self._state(traj, i)
+        static = self._static(traj)
         item = {
-            "pixel_values": torch.from_numpy(self._with_statics(traj, state)),
+            "pixel_values": torch.from_numpy(self._inputs(state, static)),
             "labels": torch.from_numpy(target),
             "time": torch.tensor(lead, dtype=torch.float32),
             "channel_mask": torch.ones(len(self.target_names), dtype=torch.float32),
         }
         if self.rollout_steps:
-            item.update(self._rollout(traj, self.snapshots.index(i)))
+            item.update(self._rollout(traj, self.snapshots.index(i), static))
         return item
 
-    def _rollout(self, traj: int, first: int) -> dict[str, torch.Tensor]:
+    def _rollout(self, traj: int, first: int, static: np.ndarray | None) -> dict[str, torch.Tensor]:
         """The rollout sequence from position `first` of the snapshots in use (earlier if K steps do not fit)."""
         k, s = self.rollout_steps, self.rollout_lead_steps
         start = min(first, len(self.snapshots) - 1 - k * s)
         labels = np.stack([self._state(traj, self.snapshots[start + m * s]) for m in range(1, k + 1)])
+        inputs = self._inputs(self._state(traj, self.snapshots[start]), static)  # a new array: concatenated
         return {
-            "rollout_inputs": torch.from_numpy(self._with_statics(traj, self._state(traj, self.snapshots[start]))),
+            "rollout_inputs": torch.from_numpy(inputs),
             "rollout_labels": torch.from_numpy(labels),
             "rollout_time": torch.tensor(self.rollout_time, dtype=torch.float32),
         }
