@@ -29,7 +29,7 @@ from foundation import ScOT, ScOTConfig
 from foundation.compat import fused_adamw, skip_deepspeed_shm_comm
 from foundation.data import All2AllPairs, Mixture, RandomPairSampler, open_source
 from foundation.data.memory import keep_freed_memory
-from foundation.evaluation import ErrorTable, dataset_names, group_names, pair_errors, rollout
+from foundation.evaluation import ErrorTable, dataset_names, feedable, group_names, pair_errors, rollout
 from foundation.losses import unrolled_loss
 
 from .config import DataArguments, ModelArguments, TrainArguments
@@ -326,6 +326,11 @@ class RolloutObjective:
     KEYS = ("rollout_inputs", "rollout_labels", "rollout_time")
 
     def __init__(self, config, train_args: TrainArguments, steps: int):
+        if feedable(config) is None:  # now, not at the first step of a launched run
+            raise ValueError(
+                f"--rollout_steps {steps}: the model's outputs {config.output_channel_names} are not all among its "
+                f"inputs {config.channel_names}, so a rollout cannot feed them back"
+            )
         self.config, self.args, self.steps = config, train_args, steps
 
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> torch.Tensor:

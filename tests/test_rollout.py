@@ -234,3 +234,12 @@ def test_horizon_evaluation_rolls_past_the_window_and_writes_its_curve(tmp_path)
     assert result["windows"]["6-12"] == pytest.approx(np.mean(result["median_rel_l1_physical/mean"][5:]))
     assert result["final"]["step"] == 8 and (out / "horizon.png").exists()
     assert main(argv + ["--max_lead", "0"]) == 2  # a bad jump is one error line
+
+
+def test_rollout_training_of_a_model_that_cannot_feed_its_outputs_back_is_refused():
+    from pretrain.config import TrainArguments
+    from pretrain.trainer import RolloutObjective
+
+    steady = _model(channel_names=["f"], output_channel_names=["u"])  # Poisson-like: f in, u out
+    with pytest.raises(ValueError, match="--rollout_steps 2: the model's outputs \\['u'\\] are not all among"):
+        RolloutObjective(steady.config, TrainArguments(), steps=2)
