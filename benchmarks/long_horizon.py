@@ -14,9 +14,10 @@ test16-t_end2.0.h5 --max_snapshots 11 --strategy full --max_steps 500 --batch_si
         --datasets runs/horizon/data/ns-kf-n56-r64-s21-seed21-val8-test16-t_end2.0.h5
 
 Both models roll out from the first test snapshot to the end (`foundation.evaluation.horizon`) with the API's
-default strategy (jumps of `default_jump`: the rollout model's training step, the all2all model's largest trained
-lead); the all2all model also with every jump of `--jumps`, its best kept. In-window direct errors are the runs'
-own held-out evaluations (all2all pairs inside the window). Prints and writes JSON.
+default strategy (jumps of `default_jump`, the largest trained lead); the all2all model also with every jump of
+`--jumps`, its best kept; the rollout model also chaining its own rollout-training step, against the all2all model
+chained the same way (when that step is among `--jumps`). In-window direct errors are the runs' own held-out
+evaluations (all2all pairs inside the window). Prints and writes JSON.
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def main() -> None:
 
     def final(result: dict) -> float:
         return result["final"]["median_rel_l1_physical/mean"]
+
+    step = load_model(Path(args.rollout) / "model").config.rollout_lead_time
+    if step:  # what rollout training targets: chains of its own step
+        own = out["rollout"]["horizon_own_step"] = run_horizon(args.rollout, step)
+        same = next((r for j, r in by_jump.items() if abs(float(j) - step) < 1e-6), None)
+        if same is not None:
+            out["own_step_rollout_vs_all2all_same_jump"] = final(own) / final(same)
 
     rollout_final = final(out["rollout"]["horizon_default"])
     out["ratios"] = {

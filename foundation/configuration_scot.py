@@ -82,8 +82,8 @@ class ScOTConfig(PretrainedConfig):
         time_scale: Physical time that maps to lead time 1.0.
         max_lead_time: The largest lead time (model units) of the training pairs, recorded by the trainers
             (None: not recorded; all2all over whole trajectories trains up to 1.0). Rollouts past it chain jumps.
-        rollout_lead_time: The lead time of one step of rollout training (model units), when the model had it:
-            the jump its rollouts chain by default.
+        rollout_lead_time: The lead time of one step of rollout training (model units), when the model had it
+            (the step whose chains that training stabilised; rollouts still jump by `max_lead_time` by default).
         input_resampling: "fourier" resamples inputs of another grid to image_size (the reference
             behaviour); "none" runs natively on the given grid.
     """

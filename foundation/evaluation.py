@@ -202,13 +202,12 @@ def feed_back(x: Tensor, y: Tensor, feed: Tensor, mask: Tensor | None = None) ->
 
 
 def default_jump(config) -> float:
-    """The lead time (model units) a "jump" rollout chains: the rollout-training step when the model was trained
-    on rollouts, else the largest lead time of its training pairs, else 1 (all2all over whole trajectories)."""
-    for name in ("rollout_lead_time", "max_lead_time"):
-        value = getattr(config, name, None)
-        if value:
-            return float(value)
-    return 1.0
+    """The lead time (model units) a "jump" rollout chains: the largest lead time of the model's training pairs
+    (`max_lead_time`, recorded by our trainers), else 1 (all2all over whole trajectories). A rollout-trained model
+    may do better chaining its training step (`config.rollout_lead_time`; measured both ways in
+    benchmarks/results/long_horizon-*.json: better on Allen-Cahn, worse on ns-kf), passed as `max_lead`."""
+    value = getattr(config, "max_lead_time", None)
+    return float(value) if value else 1.0
 
 
 @torch.no_grad()
@@ -228,8 +227,8 @@ def rollout_predictions(
     Times are in the model's units (`config.time_scale` is 1). Strategies:
       jump            the default: to reach t, chain as many jumps of `max_lead` as fit and predict the remainder
                       directly from the last jump; inside the window it is one direct call. `max_lead` defaults
-                      to `default_jump(config)`: the rollout-training step if the model had one, else the largest
-                      lead time it was trained on (fewest calls fed their own outputs).
+                      to `default_jump(config)`: the largest lead time the model was trained on (fewest calls fed
+                      their own outputs).
       autoregressive  one call per `lead_time`, each fed the previous output.
     Only the evolving outputs are fed back (`feed_back`).
     """

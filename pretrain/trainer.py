@@ -381,7 +381,8 @@ class PreparedRun:
         self.model_args, self.data_args, self.args = model_args, data_args, train_args
         self.out = Path(train_args.output_dir)
         self.config = model.config
-        # What the rollouts of the exported model chain by default (foundation.evaluation.default_jump).
+        # The exported model's trained window (its rollouts jump by it: foundation.evaluation.default_jump) and
+        # the rollout-training step, if any.
         self.config.max_lead_time = float(max(part.lead_times.max() for part in data.train_set.parts))
         rollout_times = [part.rollout_time for part in data.train_set.parts if part.rollout_time is not None]
         self.config.rollout_lead_time = float(max(rollout_times)) if rollout_times else None
