@@ -17,7 +17,9 @@ Both models roll out from the first test snapshot to the end (`foundation.evalua
 default strategy (jumps of `default_jump`, the largest trained lead); the all2all model also with every jump of
 `--jumps`, its best kept; the rollout model also chaining its own rollout-training step, against the all2all model
 chained the same way (when that step is among `--jumps`). In-window direct errors are the runs' own held-out
-evaluations (all2all pairs inside the window). Prints and writes JSON.
+evaluations (all2all pairs inside the window). `last_step_split` puts beside each model's last-step error that
+of its last call made from the true state: the gap is what compounding cost, the most rollout training can win.
+Prints and writes JSON.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main() -> None:
 
     from finetune.evaluate import load_model
     from foundation.data import open_source
-    from foundation.evaluation import horizon
+    from foundation.evaluation import HEADLINE, horizon
     from foundation.plots import horizon_plot
 
     def run_horizon(folder: str, jump: float | None) -> dict:
@@ -82,6 +84,15 @@ def main() -> None:
         "final_step_rollout_vs_all2all_best_jump": rollout_final / final(by_jump[best]),
         "in_window_rollout_vs_all2all": out["rollout"]["in_window_median_rel_l1_physical/mean"]
         / out["all2all"]["in_window_median_rel_l1_physical/mean"],
+    }
+    # The last step's error, split: the same last call from the true state (its own error) and what feeding the
+    # model its own outputs cost on top (the most that rollout training could remove).
+    out["last_step_split"] = {
+        name: {
+            "rolled_out": final(out[name]["horizon_default"]),
+            "last_call_from_truth": out[name]["horizon_default"].get("final_from_truth", {}).get(HEADLINE),
+        }
+        for name in ("all2all", "rollout")
     }
     out["targets"] = {"final_step": "<= 0.7", "in_window": "<= 1.1"}
     text = json.dumps(out, indent=2)

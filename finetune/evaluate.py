@@ -108,6 +108,8 @@ def _horizon_main(args) -> int:
     if not args.no_plots:
         horizon_plot({args.model: result}, out / "horizon.png")
     summary = {"horizon": str(out / "horizon.json"), "final": result["final"], "windows": result["windows"]}
+    if "final_from_truth" in result:
+        summary["final_from_truth"] = result["final_from_truth"]
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -337,6 +337,10 @@ def horizon(
     last step. Lead times are the data's physical times over the model's `time_scale` (not the data's own scale:
     files twice as long as the training ones have twice the span). `strategy` and `max_lead` as in
     `rollout_predictions` (default: `default_jump(config)`).
+
+    `final_from_truth` splits the last step's error: the same last call made from the true state at its input
+    time (when that is a stored snapshot). Its error is the call's own; the gap to `final` is what feeding the
+    model its own outputs cost, the most that rollout training could take away.
     """
     config = model.config
     convert = to_physical(config)
@@ -344,6 +348,7 @@ def horizon(
     errors: dict[int, list[float]] = {}
     drift: dict[int, list[float]] = {}
     leads: dict[int, float] = {}
+    restarts: dict[int, list[float]] = {}  # last step from the true input of its last call, by that input's step
     for source in sources:
         data = held_out_pairs(config, [source], split, stride=stride)
         part = data.parts[0]
@@ -368,6 +373,13 @@ def horizon(
                 energy = guess.double().square().sum((-2, -1)) / truth.double().square().sum((-2, -1)).clamp_min(1e-30)
                 drift.setdefault(j, []).append(float((energy[mask > 0] - 1).mean()))
                 leads[j] = j * lead
+            start = _last_call_input(last, lead, strategy, max_lead)
+            if start is not None and 0 < start < last:
+                item = data.item(0, base + pattern[(start, last)])
+                time = torch.tensor([(last - start) * lead], device=device)  # the model's time scale, as above
+                pred = convert(model(pixel_values=item["pixel_values"][None].to(device), time=time).output)
+                error = per_sample_errors(pred, convert(item["labels"][None].to(device)), config, mask)
+                restarts.setdefault(start, []).append(float(torch.nanmean(error)))
     if not errors:
         return {}
     steps = sorted(errors)
@@ -384,11 +396,23 @@ def horizon(
         "final": {"step": steps[-1], "lead_time": leads[steps[-1]], "median_rel_l1_physical/mean": curve[-1]},
         "windows": {},
     }
+    if len(restarts) == 1:  # one input step for every source (sources of one length and spacing)
+        ((start, values),) = restarts.items()
+        result["final_from_truth"] = {"input_step": start, "median_rel_l1_physical/mean": float(np.median(values))}
     for first, end in HORIZON_WINDOWS:
         inside = [c for j, c in zip(steps, curve) if first <= j <= end]
         if steps[-1] >= first:
             result["windows"][f"{first}-{end}"] = float(np.mean(inside))
     return result
+
+
+def _last_call_input(last: int, lead: float, strategy: str, max_lead: float) -> int | None:
+    """The step whose state the rollout's call for step `last` takes as input (None: not a stored step)."""
+    if strategy == "autoregressive":
+        return last - 1
+    chained = max(0, int(np.ceil(last * lead / max_lead - 1e-9)) - 1)  # as rollout_predictions counts them
+    step = chained * max_lead / lead
+    return int(round(step)) if abs(step - round(step)) < 1e-6 else None
 
 
 # ----------------------------------------------------------------------------------------------- spectra

@@ -434,6 +434,13 @@ def _horizon_section(horizon: dict | None) -> str:
         f"\nLast step ({final['step']}, lead time {final['lead_time']:.2f}): {last:.2f}%"
         + (f"; The Well's windows, mean error: {windows}." if windows else ".")
     )
+    restart = horizon.get("final_from_truth")
+    if restart:  # how much of the last error is the model fed its own outputs
+        own = restart["median_rel_l1_physical/mean"]
+        rows.append(
+            f"The same last call from the true state at step {restart['input_step']}: {own:.2f}%; the other "
+            f"{max(last - own, 0.0):.2f} points are what feeding the model its own outputs cost."
+        )
     return "\n".join(rows) + "\n"
 
 

@@ -123,11 +123,17 @@ class DataArguments:
             "trajectory (the model fed its own outputs; see --rollout_weight). 0: all2all pairs only."
         },
     )
-    rollout_lead_steps: int = field(default=1, metadata={"help": "Snapshots in use per rollout step."})
+    rollout_lead_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Snapshots in use per rollout step; 0: the pair's own lead (clipped to what K steps fit), "
+            "sequences of every step size from every start that fits."
+        },
+    )
 
     def __post_init__(self):
-        check_range(self, "weights", "num_workers", "lead_steps", "rollout_steps")
-        check_range(self, "stride", "max_snapshots", "eval_pairs", "rollout_lead_steps", low=1)
+        check_range(self, "weights", "num_workers", "lead_steps", "rollout_steps", "rollout_lead_steps")
+        check_range(self, "stride", "max_snapshots", "eval_pairs", low=1)
 
 
 @dataclass

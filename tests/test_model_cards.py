@@ -132,6 +132,7 @@ def test_card_and_release_carry_the_horizon_evaluation(run_dir: Path, tmp_path: 
         "energy_drift": [-0.01 * j for j in range(1, 13)],
         "final": {"step": 12, "lead_time": 1.2, "median_rel_l1_physical/mean": 13.0},
         "windows": {"6-12": 10.0},
+        "final_from_truth": {"input_step": 7, "median_rel_l1_physical/mean": 4.5},
     }
     (run / "horizon").mkdir()
     (run / "horizon" / "horizon.json").write_text(json.dumps(horizon))
@@ -140,6 +141,7 @@ def test_card_and_release_carry_the_horizon_evaluation(run_dir: Path, tmp_path: 
     assert "| median rel. L1 (%) | 2.00 | 4.00 | 6.00 | 9.00 | 11.00 | 13.00 |" in card
     assert "trained on lead times up to 0.5" in card and "Last step (12, lead time 1.20): 13.00%" in card
     assert "steps 6-12: 10.00%" in card
+    assert "from the true state at step 7: 4.50%; the other 8.50 points are what feeding" in card
     files = prepare_release(run, tmp_path / "release", "me/scot-tiny-demo")
     assert "horizon" in files and (tmp_path / "release" / "horizon" / "horizon.json").exists()
     assert "Past the training window" not in render_model_card(collect_run(run_dir), "me/x").content  # none: no section

@@ -162,6 +162,34 @@ def test_pairs_bring_rollout_sequences_of_their_trajectory(tmp_path):
         All2AllPairs(source, "train", max_snapshots=5, rollout_steps=3, rollout_lead_steps=2)
 
 
+def test_rollout_sequences_can_step_by_their_pairs_lead(tmp_path):
+    from foundation.data import All2AllPairs, open_source
+    from foundation.pdes import generate
+
+    path = generate("ns-sines", 2, 16, tmp_path / "ns.h5", snapshots=9, seed=0, batch=2, progress=False)
+    source = open_source(path, fill_stats=True)
+    pairs = All2AllPairs(source, "train", max_snapshots=9, rollout_steps=2, rollout_lead_steps=0)
+    dt = (source.info.times[1] - source.info.times[0]) / source.info.time_scale
+    assert pairs.rollout_time == pytest.approx(4 * dt)  # the largest step that two steps fit in 9 snapshots
+    starts = set()
+    for index in range(pairs.pairs_per_trajectory):
+        item = pairs[index]
+        traj, i, j, _ = pairs.locate(index)
+        step = min(max(j - i, 1), 4)  # the pair's lead, at least 1, at most what fits
+        start = min(i, 8 - 2 * step)
+        starts.add((start, step))
+        assert item["rollout_time"].item() == pytest.approx(step * dt)
+        torch.testing.assert_close(item["rollout_inputs"], torch.from_numpy(pairs._state(traj, start)))
+        want = np.stack([pairs._state(traj, start + step), pairs._state(traj, start + 2 * step)])
+        torch.testing.assert_close(item["rollout_labels"], torch.from_numpy(want))
+    # Many distinct sequences per trajectory; a fixed step of 4 has a single one (all start at the first snapshot).
+    assert len(starts) == 7 + 5 + 3 + 1
+    fixed = All2AllPairs(source, "train", max_snapshots=9, rollout_steps=2, rollout_lead_steps=4)
+    assert {fixed[k]["rollout_inputs"].sum().item() for k in range(fixed.pairs_per_trajectory)} == {
+        fixed[0]["rollout_inputs"].sum().item()
+    }
+
+
 def test_rollout_objective_mixes_the_pair_and_rollout_losses_with_a_curriculum():
     from foundation.losses import unrolled_loss
     from pretrain.config import TrainArguments
@@ -234,6 +262,30 @@ def test_horizon_evaluation_rolls_past_the_window_and_writes_its_curve(tmp_path)
     assert result["windows"]["6-12"] == pytest.approx(np.mean(result["median_rel_l1_physical/mean"][5:]))
     assert result["final"]["step"] == 8 and (out / "horizon.png").exists()
     assert main(argv + ["--max_lead", "0"]) == 2  # a bad jump is one error line
+
+
+def test_horizon_splits_the_last_error_into_the_last_calls_own_and_what_feeding_back_cost(tmp_path):
+    from foundation.data import open_source
+    from foundation.evaluation import horizon, per_sample_errors, to_physical
+    from foundation.pdes import generate
+
+    path = generate("ns-sines", 3, 16, tmp_path / "ns.h5", snapshots=9, seed=0, batch=3, progress=False)
+    source = open_source(path, fill_stats=True)
+    dt = (source.info.times[1] - source.info.times[0]) / 2.0  # model units: the model's time_scale is 2
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"], max_lead_time=4 * dt)
+    convert = to_physical(model.config)
+    for strategy, start in (("jump", 4), ("autoregressive", 7)):  # 8 steps: jumps of 4 steps; or one at a time
+        result = horizon(model, [source], "train", trajectories=2, strategy=strategy)
+        assert result["final_from_truth"]["input_step"] == start
+        errors = []
+        for traj in source.split("train")[:2]:
+            x = model.normalize(torch.from_numpy(source.read(traj, start))[None])
+            pred = model(pixel_values=x, time=torch.tensor([(8 - start) * dt])).output
+            truth = torch.from_numpy(source.read(traj, 8))[None]
+            errors.append(float(per_sample_errors(convert(pred.detach()), truth, model.config).mean()))
+        own = result["final_from_truth"]["median_rel_l1_physical/mean"]
+        assert own == pytest.approx(np.median(errors), rel=1e-4)
+        assert own != result["final"]["median_rel_l1_physical/mean"]  # the rollout's input was not the truth
 
 
 def test_rollout_training_of_a_model_that_cannot_feed_its_outputs_back_is_refused():

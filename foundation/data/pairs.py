@@ -37,7 +37,10 @@ class All2AllPairs(Dataset):
             (`foundation.losses.unrolled_loss`): `rollout_inputs` [C + S, H, W] at the pair's first snapshot
             (moved earlier when fewer than K steps follow it), `rollout_labels` [K, C, H, W] the K snapshots
             `rollout_lead_steps` apart after it, `rollout_time` the lead time of one step.
-        rollout_lead_steps: Snapshots in use per rollout step.
+        rollout_lead_steps: Snapshots in use per rollout step; 0: the pair's own lead j - i (at least 1, at most
+            what K steps fit in the window), so the sequences span every step size and start wherever they fit.
+            A fixed step of K x step = the window leaves one sequence per trajectory (all start at the first
+            snapshot), which a model memorises; stepping by the pair's lead gives many.
     """
 
     def __init__(
@@ -107,20 +110,26 @@ class All2AllPairs(Dataset):
         info, k, s = self.source.info, self.rollout_steps, self.rollout_lead_steps
         if info.steady:
             raise DataError(f"{info.name}: a steady problem has no trajectory to roll out (rollout_steps={k})")
-        if k < 0 or s < 1:
-            raise DataError(f"{info.name}: rollout_steps must be >= 0 and rollout_lead_steps >= 1, got {k}, {s}")
+        if k < 0 or s < 0:
+            raise DataError(f"{info.name}: rollout_steps and rollout_lead_steps must be >= 0, got {k}, {s}")
+        s = s or self._largest_step()  # the pair's own lead: every step up to the largest that fits
         if k * s >= len(times):
             raise DataError(
                 f"{info.name}: {k} rollout steps of {s} snapshot(s) need {k * s + 1} snapshots, "
                 f"{len(times)} are in use (max_snapshots / stride)"
             )
-        steps = times[s:] - times[:-s]
+        even = 1 if self.rollout_lead_steps == 0 else s  # pair leads: every step size is used
+        steps = times[even:] - times[:-even]
         if not np.allclose(steps, steps[0], rtol=1e-4, atol=0.0):
             raise DataError(
-                f"{info.name}: rollout training needs evenly spaced snapshots; spacings of {s} snapshot(s) "
+                f"{info.name}: rollout training needs evenly spaced snapshots; spacings of {even} snapshot(s) "
                 f"range from {steps.min():g} to {steps.max():g}"
             )
-        return float(steps[0] / info.time_scale)
+        self._snapshot_time = float(steps[0] / even / info.time_scale)
+        return self._snapshot_time * s  # the largest step of the sequences
+
+    def _largest_step(self) -> int:
+        return max(1, (len(self.snapshots) - 1) // self.rollout_steps)
 
     @property
     def pairs_per_trajectory(self) -> int:
@@ -177,19 +186,23 @@ class All2AllPairs(Dataset):
             "channel_mask": torch.ones(len(self.target_names), dtype=torch.float32),
         }
         if self.rollout_steps:
-            item.update(self._rollout(traj, self.snapshots.index(i), static))
+            first, last = self.snapshots.index(i), self.snapshots.index(j)
+            item.update(self._rollout(traj, first, last - first, static))
         return item
 
-    def _rollout(self, traj: int, first: int, static: np.ndarray | None) -> dict[str, torch.Tensor]:
-        """The rollout sequence from position `first` of the snapshots in use (earlier if K steps do not fit)."""
+    def _rollout(self, traj: int, first: int, lead: int, static: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """The rollout sequence from position `first` of the snapshots in use (earlier if K steps do not fit),
+        in steps of `rollout_lead_steps` snapshots, or of the pair's `lead` (clipped to [1, largest]) when that is 0."""
         k, s = self.rollout_steps, self.rollout_lead_steps
+        if s == 0:
+            s = min(max(lead, 1), self._largest_step())
         start = min(first, len(self.snapshots) - 1 - k * s)
         labels = np.stack([self._state(traj, self.snapshots[start + m * s]) for m in range(1, k + 1)])
         inputs = self._inputs(self._state(traj, self.snapshots[start]), static)  # a new array: concatenated
         return {
             "rollout_inputs": torch.from_numpy(inputs),
             "rollout_labels": torch.from_numpy(labels),
-            "rollout_time": torch.tensor(self.rollout_time, dtype=torch.float32),
+            "rollout_time": torch.tensor(self._snapshot_time * s, dtype=torch.float32),
         }
 
 
