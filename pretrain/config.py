@@ -120,7 +120,8 @@ class DataArguments:
         default=0,
         metadata={
             "help": "Rollout training: every training pair also brings a sequence of this many steps of its "
-            "trajectory (the model fed its own outputs; see --rollout_weight). 0: all2all pairs only."
+            "trajectory (the model fed its own outputs; see --rollout_weight); steady datasets in the mixture "
+            "train on pairs only. 0: all2all pairs only."
         },
     )
     rollout_lead_steps: int = field(

@@ -161,8 +161,15 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
     """
     sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
     options = dict(stride=data.stride, max_snapshots=data.max_snapshots, include_identity=data.include_identity)
-    rollouts = dict(rollout_steps=data.rollout_steps, rollout_lead_steps=data.rollout_lead_steps)
-    train_parts = [All2AllPairs(s, "train", lead_steps=data.lead_steps, **options, **rollouts) for s in sources]
+    # Steady problems have no trajectory to roll out: beside time-dependent ones they train on pairs only (the
+    # Mixture masks their placeholder sequences); alone, All2AllPairs refuses the rollout.
+    only_steady = all(s.info.steady for s in sources)
+
+    def rollouts(source) -> dict:
+        steps = data.rollout_steps if only_steady or not source.info.steady else 0
+        return dict(rollout_steps=steps, rollout_lead_steps=data.rollout_lead_steps)
+
+    train_parts = [All2AllPairs(s, "train", lead_steps=data.lead_steps, **options, **rollouts(s)) for s in sources]
     if max_trajectories is not None:
         for part, source in zip(train_parts, sources):
             if max_trajectories > len(part.trajectories):
@@ -324,6 +331,7 @@ class RolloutObjective:
     """
 
     KEYS = ("rollout_inputs", "rollout_labels", "rollout_time")
+    MASK = "rollout_mask"  # per sample, 0 for a steady problem's placeholder (foundation.data.Mixture)
 
     def __init__(self, config, train_args: TrainArguments, steps: int):
         if feedable(config) is None:  # now, not at the first step of a launched run
@@ -336,6 +344,10 @@ class RolloutObjective:
     def __call__(self, model: torch.nn.Module, batch: dict, step: int) -> torch.Tensor:
         batch = dict(batch)
         inputs, labels, lead = (batch.pop(k) for k in self.KEYS)
+        keep = batch.pop(self.MASK, None)
+        mask = batch.get("channel_mask")
+        if keep is not None:
+            mask = (torch.ones_like(labels[:, 0, :, 0, 0]) if mask is None else mask) * keep[:, None].to(labels.dtype)
         length = self.args.rollout_length(step, self.steps)
         loss = unrolled_loss(
             model,
@@ -344,7 +356,7 @@ class RolloutObjective:
             lead,
             mode=self.args.rollout_mode,
             noise_std=self.args.rollout_noise,
-            channel_mask=batch.get("channel_mask"),
+            channel_mask=mask,
             config=self.config,
         )
         w = self.args.rollout_weight

@@ -230,6 +230,35 @@ def test_rollout_objective_mixes_the_pair_and_rollout_losses_with_a_curriculum()
     torch.testing.assert_close(only, full)
 
 
+def test_steady_problems_beside_time_dependent_ones_train_on_pairs_only(tmp_path):
+    from foundation.data.source import DataError
+    from foundation.losses import unrolled_loss
+    from foundation.pdes import generate
+    from pretrain.config import DataArguments, TrainArguments
+    from pretrain.trainer import RolloutObjective, build_data
+
+    ns = generate("ns-sines", 3, 16, tmp_path / "ns.h5", snapshots=5, seed=0, batch=3, progress=False)
+    poisson = generate("poisson-gauss", 3, 16, tmp_path / "poisson.h5", seed=0, batch=3, progress=False)
+    data = build_data(DataArguments(datasets=[str(ns), str(poisson)], rollout_steps=2), seed=0, rank=0, world=1)
+    mixture = data.train_set
+    moving, steady = mixture.item(0, 3), mixture.item(1, 0)
+    assert set(moving) == set(steady)  # one batch can hold both
+    assert moving["rollout_mask"].item() == 1 and steady["rollout_mask"].item() == 0
+    batch = {k: torch.stack([moving[k], steady[k]]) for k in moving if k != "dataset"}
+    model = _model(channel_names=mixture.input_names, output_channel_names=mixture.target_names).train()
+    got = RolloutObjective(model.config, TrainArguments(rollout_weight=1.0), steps=2)(model, batch, step=0)
+    alone = unrolled_loss(  # the time-dependent sample by itself: the steady placeholder adds nothing
+        model,
+        moving["rollout_inputs"][None],
+        moving["rollout_labels"][None],
+        moving["rollout_time"][None],
+        channel_mask=moving["channel_mask"][None],
+    )
+    torch.testing.assert_close(got, alone)
+    with pytest.raises(DataError, match="steady problem has no trajectory to roll out"):  # a steady one alone
+        build_data(DataArguments(datasets=[str(poisson)], rollout_steps=2), seed=0, rank=0, world=1)
+
+
 # ------------------------------------------------------------------------------------------ evaluation past the window
 def test_horizon_evaluation_rolls_past_the_window_and_writes_its_curve(tmp_path):
     import json

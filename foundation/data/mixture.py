@@ -87,6 +87,10 @@ class Mixture(Dataset):
         self.virtual = virtual
         self.offsets = np.concatenate([[0], np.cumsum(virtual)])
         self.epoch = 0
+        steps = {p.rollout_steps for p in self.parts if p.rollout_steps}
+        if len(steps) > 1:
+            raise DataError(f"Mixture: parts with different rollout lengths {sorted(steps)} cannot share a batch")
+        self.rollout_steps = steps.pop() if steps else 0
 
     def set_epoch(self, epoch: int) -> None:
         """Move the sub-sampling offset of over-represented datasets (call once per epoch)."""
@@ -122,6 +126,13 @@ class Mixture(Dataset):
             out["rollout_inputs"] = self._inputs(item["rollout_inputs"], in_map)
             out["rollout_labels"] = torch.stack([self._labels(y, out_map) for y in item["rollout_labels"]])
             out["rollout_time"] = item["rollout_time"]
+            out["rollout_mask"] = torch.tensor(1.0)
+        elif self.rollout_steps:  # a part without sequences (a steady problem) beside parts with them: the batch
+            # needs the same keys; rollout_mask 0 keeps the placeholder out of the rollout loss
+            out["rollout_inputs"] = out["pixel_values"].clone()
+            out["rollout_labels"] = torch.zeros(self.rollout_steps, *out["labels"].shape)
+            out["rollout_time"] = torch.tensor(0.0)
+            out["rollout_mask"] = torch.tensor(0.0)
         return out
 
     def _inputs(self, x: torch.Tensor, in_map: np.ndarray) -> torch.Tensor:
