@@ -44,10 +44,10 @@ def main() -> None:
     from foundation.evaluation import HEADLINE, horizon
     from foundation.plots import horizon_plot
 
-    def run_horizon(folder: str, jump: float | None) -> dict:
+    def run_horizon(folder: str, jump: float | None, split: str = "test") -> dict:
         sources = [open_source(spec, fill_stats=True) for spec in args.datasets]
         model = load_model(Path(folder) / "model")
-        return horizon(model, sources, "test", trajectories=args.trajectories, max_lead=jump)
+        return horizon(model, sources, split, trajectories=args.trajectories, max_lead=jump)
 
     def facts(folder: str) -> dict:
         result = json.loads((Path(folder) / "result.json").read_text())
@@ -77,6 +77,13 @@ def main() -> None:
         same = next((r for j, r in by_jump.items() if abs(float(j) - step) < 1e-6), None)
         if same is not None:
             out["own_step_rollout_vs_all2all_same_jump"] = final(own) / final(same)
+        # The same chains on training trajectories: a rollout model better there and worse on held-out ones has
+        # memorised its sequences (too few trajectories, or one sequence each).
+        out["own_step_chain_last_step_train_vs_test"] = {
+            name: {"train": final(run_horizon(folder, step, "train")), "test": final(test)}
+            for name, folder, test in (("all2all", args.all2all, same), ("rollout", args.rollout, own))
+            if test is not None
+        }
 
     rollout_final = final(out["rollout"]["horizon_default"])
     out["ratios"] = {
