@@ -8,6 +8,9 @@ memory per sample *measured* by running the model once on the meta device (nothi
 takes seconds) and counting the tensors autograd saves for backward, and the largest micro-batch that fits
 `memory_gib` with `headroom` kept free (allocator fragmentation, CUDA context, kernel workspaces).
 
+Rollout training (`--rollout_steps`, `--rollout_mode`, `--rollout_weight`) keeps the activations of several
+forward passes per step (`forward_passes`): pushforward two (the pair's and the rollout's last step), unrolled K + 1.
+
 What it does not see: temporaries that live only inside one operation (the attention scores of the softmax, the
 FFT buffers of the Fourier resampling), the activation gradients of the backward (about one block's worth at a
 time) and the communication library's own buffers; `benchmarks/memory_estimate.py` compares the estimate with
@@ -52,6 +55,11 @@ class EstimateArguments:
     memory_gib: float = field(default=80.0, metadata={"help": "Memory of one GPU, GiB."})
     headroom: float = field(default=0.1, metadata={"help": "Fraction of memory_gib kept free."})
     micro_batch: int | None = field(default=None, metadata={"help": "Also report the total at this micro-batch."})
+    rollout_steps: int = field(default=0, metadata={"help": "Rollout training's K (0: all2all pairs only)."})
+    rollout_mode: str = field(
+        default="pushforward", metadata={"help": "pushforward (one rollout step kept) or unrolled (all K kept)."}
+    )
+    rollout_weight: float = field(default=0.5, metadata={"help": "Rollout loss weight (1: no pair forward)."})
 
     def __post_init__(self):
         check_choices(self)
@@ -59,6 +67,20 @@ class EstimateArguments:
             raise ValueError(f"--zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         check_positive(self, "channels", "world_size", "memory_gib", "reduce_bucket_size", "resolution")
         check_range(self, "headroom", high=0.9)
+        check_range(self, "rollout_steps")
+        check_range(self, "rollout_weight", high=1.0)
+        if self.rollout_mode not in ("pushforward", "unrolled"):
+            raise ValueError(f"--rollout_mode must be pushforward or unrolled, got {self.rollout_mode!r}")
+
+
+def forward_passes(args: EstimateArguments) -> int:
+    """Forward passes per step whose activations wait for the one backward (`pretrain.trainer.RolloutObjective`):
+    the pair's (unless the rollout weight is 1), plus the rollout's last step (pushforward: the K - 1 before run
+    without gradient) or all K (unrolled)."""
+    if not args.rollout_steps:
+        return 1
+    rollout = 1 if args.rollout_mode == "pushforward" else args.rollout_steps
+    return rollout + (1 if args.rollout_weight < 1 else 0)
 
 
 def model_states(params: int, precision: str, zero_stage: int, world_size: int) -> dict[str, float]:
@@ -131,13 +153,13 @@ def saved_bytes(model: torch.nn.Module, batch: int, channels: int, grid: int, dt
     return {"total": counter["bytes"], "blocks": blocks, "block_inputs": inputs}
 
 
-def activation_bytes(saved: dict, checkpointing: bool) -> float:
-    """Activation memory at the start of backward: everything saved, or, with checkpointing, what is saved
-    outside the blocks, each block's input, and one block recomputed."""
+def activation_bytes(saved: dict, checkpointing: bool, passes: int = 1) -> float:
+    """Activation memory at the start of backward of `passes` forward passes: everything saved, or, with
+    checkpointing, what is saved outside the blocks, each block's input, and one block recomputed."""
     if not checkpointing:
-        return float(saved["total"])
+        return float(passes * saved["total"])
     outside = saved["total"] - sum(saved["blocks"])
-    return float(outside + sum(saved["block_inputs"]) + max(saved["blocks"], default=0))
+    return float(passes * (outside + sum(saved["block_inputs"])) + max(saved["blocks"], default=0))
 
 
 def estimate(args: EstimateArguments) -> dict:
@@ -156,8 +178,9 @@ def estimate(args: EstimateArguments) -> dict:
     params = sum(p.numel() for p in model.parameters())
     # Two batch sizes separate what grows with the batch from what does not (position-bias tables, masks).
     one, two = (saved_bytes(model, b, args.channels, grid, dtype) for b in (1, 2))
-    act_one = activation_bytes(one, args.gradient_checkpointing)
-    per_sample = activation_bytes(two, args.gradient_checkpointing) - act_one
+    passes = forward_passes(args)
+    act_one = activation_bytes(one, args.gradient_checkpointing, passes)
+    per_sample = activation_bytes(two, args.gradient_checkpointing, passes) - act_one
     states = model_states(params, args.precision, args.zero_stage, args.world_size)
     fixed = sum(states.values()) + bucket_bytes(args, params) + (act_one - per_sample)
     budget = args.memory_gib * GIB * (1 - args.headroom)
@@ -168,6 +191,7 @@ def estimate(args: EstimateArguments) -> dict:
         "parameters": params,
         "per_rank_gib": {name: value / GIB for name, value in states.items()},
         "gradient_buckets_gib": bucket_bytes(args, params) / GIB,
+        "forward_passes_kept": passes,
         "activations_per_sample_gib": per_sample / GIB,
         "activations_fixed_gib": (act_one - per_sample) / GIB,
         "fixed_gib": fixed / GIB,

@@ -45,6 +45,48 @@ def test_saved_activations_grow_linearly_with_the_batch_and_checkpointing_keeps_
     assert 0 < recomputed < full
 
 
+@pytest.mark.parametrize(
+    ("mode", "steps", "weight", "passes"),
+    [("pushforward", 3, 0.5, 2), ("unrolled", 3, 0.5, 4), ("pushforward", 3, 1.0, 1), ("unrolled", 2, 1.0, 2)],
+)
+def test_rollout_training_keeps_the_activations_the_estimate_counts(mode, steps, weight, passes):
+    """What the real objective saves for backward, against `forward_passes` x one pair forward."""
+    from foundation.configuration_scot import ScOTConfig
+    from foundation.modeling_scot import ScOT
+    from pretrain.config import TrainArguments
+    from pretrain.estimate import forward_passes
+    from pretrain.trainer import RolloutObjective
+
+    args = EstimateArguments(preset="tiny", rollout_steps=steps, rollout_mode=mode, rollout_weight=weight)
+    assert forward_passes(args) == passes
+    torch.manual_seed(0)
+    model = ScOT(ScOTConfig.from_preset("tiny", image_size=16, num_channels=2, num_out_channels=2)).train()
+    batch = {
+        "pixel_values": torch.randn(2, 2, 16, 16),
+        "labels": torch.randn(2, 2, 16, 16),
+        "time": torch.rand(2),
+        "rollout_inputs": torch.randn(2, 2, 16, 16),
+        "rollout_labels": torch.randn(2, steps, 2, 16, 16),
+        "rollout_time": torch.rand(2),
+    }
+    train = TrainArguments(rollout_weight=weight, rollout_mode=mode)
+    objective = RolloutObjective(model.config, train, steps)
+
+    def saved(call) -> int:
+        counter = [0]
+
+        def pack(tensor):
+            counter[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            call()
+        return counter[0]
+
+    one = saved(lambda: model(batch["pixel_values"], batch["time"], labels=batch["labels"]).loss)
+    assert saved(lambda: objective(model, batch, step=0)) == pytest.approx(passes * one, rel=0.02)
+
+
 def test_the_largest_micro_batch_is_the_last_that_fits():
     args = EstimateArguments(preset="tiny", world_size=2, zero_stage=2, precision="fp32", memory_gib=4.0)
     report = estimate(args)
