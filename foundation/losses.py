@@ -92,7 +92,7 @@ def unrolled_loss(
         model: any model of `finetune.load_model` (called as `model(pixel_values=, time=).output`, with `.config`).
         pixel_values: (B, C_in, H, W) normalised inputs at t0.
         targets: (B, K, C_out, H, W) normalised snapshots at t0 + k * time, k = 1..K.
-        time: (B,) the lead time of one step, in the model's units.
+        time: (B,) the lead time of every step, or (B, K) one per step, in the model's units.
         mode: "unrolled" -- the mean over the K steps of the relative Lp loss, gradients through every step;
             "pushforward" -- the first K - 1 steps without gradient (cheap: no activations kept), the loss of the
             last step only: the model learns to correct the inputs it will produce itself (Brandstetter et al.,
@@ -119,15 +119,18 @@ def unrolled_loss(
     def noisy(x: Tensor) -> Tensor:
         return x + noise_std * torch.randn_like(x) if noise_std > 0 else x
 
+    def lead(k: int) -> Tensor:
+        return time[:, k] if time.dim() == 2 else time
+
     state, losses = pixel_values, []
     if mode == "pushforward" and steps > 1:
         with torch.no_grad():
-            for _ in range(steps - 1):
-                state = feed_back(state, model(pixel_values=state, time=time).output, feed, channel_mask)
+            for k in range(steps - 1):
+                state = feed_back(state, model(pixel_values=state, time=lead(k)).output, feed, channel_mask)
         state = state.detach()
     first = steps - 1 if mode == "pushforward" else 0
     for k in range(first, steps):
-        y = model(pixel_values=noisy(state), time=time).output
+        y = model(pixel_values=noisy(state), time=lead(k)).output
         losses.append(relative_lp_loss(y, targets[:, k], groups, p=p, channel_mask=channel_mask))
         if k + 1 < steps:
             state = feed_back(state, y, feed, channel_mask)

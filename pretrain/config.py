@@ -131,6 +131,13 @@ class DataArguments:
             "sequences of every step size from every start that fits."
         },
     )
+    rollout_split: bool = field(
+        default=False,
+        metadata={
+            "help": "Rollout sequences span their pair i -> j in K steps of unequal length (cut per pair), so the "
+            "model learns to continue from its own predictions of every lead; rollout_lead_steps is then unused."
+        },
+    )
 
     def __post_init__(self):
         check_range(self, "weights", "num_workers", "lead_steps", "rollout_steps", "rollout_lead_steps")

@@ -167,7 +167,7 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
 
     def rollouts(source) -> dict:
         steps = data.rollout_steps if only_steady or not source.info.steady else 0
-        return dict(rollout_steps=steps, rollout_lead_steps=data.rollout_lead_steps)
+        return dict(rollout_steps=steps, rollout_lead_steps=data.rollout_lead_steps, rollout_split=data.rollout_split)
 
     train_parts = [All2AllPairs(s, "train", lead_steps=data.lead_steps, **options, **rollouts(s)) for s in sources]
     if max_trajectories is not None:
@@ -349,6 +349,7 @@ class RolloutObjective:
         if keep is not None:
             mask = (torch.ones_like(labels[:, 0, :, 0, 0]) if mask is None else mask) * keep[:, None].to(labels.dtype)
         length = self.args.rollout_length(step, self.steps)
+        lead = lead[:, :length] if lead.dim() == 2 else lead  # split sequences: one lead time per step
         loss = unrolled_loss(
             model,
             inputs,

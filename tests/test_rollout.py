@@ -190,6 +190,44 @@ def test_rollout_sequences_can_step_by_their_pairs_lead(tmp_path):
     }
 
 
+def test_split_sequences_cut_their_pair_into_steps_of_their_own_lead_times(tmp_path):
+    from foundation.data import All2AllPairs, open_source
+    from foundation.losses import relative_lp_loss, unrolled_loss
+    from foundation.pdes import generate
+
+    path = generate("ns-sines", 2, 16, tmp_path / "ns.h5", snapshots=9, seed=0, batch=2, progress=False)
+    source = open_source(path, fill_stats=True)
+    pairs = All2AllPairs(source, "train", max_snapshots=9, rollout_steps=3, rollout_split=True)
+    times = np.asarray(source.info.times) / source.info.time_scale
+    cuts = set()
+    for index in range(pairs.pairs_per_trajectory):
+        item = pairs[index]
+        traj, i, j, _ = pairs.locate(index)
+        span = max(j - i, 3)  # at least K snapshots
+        start = min(i, 8 - span)
+        lead = item["rollout_time"].numpy()
+        assert (
+            lead.shape == (3,) and (lead > 0).all() and lead.sum() == pytest.approx(times[start + span] - times[start])
+        )
+        points = np.round(np.cumsum(lead) / (times[1] - times[0])).astype(int) + start  # where each step lands
+        assert points[-1] == start + span
+        torch.testing.assert_close(item["rollout_inputs"], torch.from_numpy(pairs._state(traj, start)))
+        want = np.stack([pairs._state(traj, int(m)) for m in points])
+        torch.testing.assert_close(item["rollout_labels"], torch.from_numpy(want))
+        torch.testing.assert_close(pairs[index]["rollout_time"], item["rollout_time"])  # the same every time
+        cuts.add(tuple(points - start))
+    assert len(cuts) > 5  # steps of many lengths
+
+    # One lead time per step: the unrolled loss calls the model with each in turn.
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"]).train()
+    x, targets = torch.randn(2, 2, 16, 16), torch.randn(2, 2, 2, 16, 16)
+    t = torch.tensor([[0.1, 0.4], [0.3, 0.2]])
+    y1 = model(pixel_values=x, time=t[:, 0]).output
+    y2 = model(pixel_values=feed_back(x, y1, torch.tensor([0, 1])), time=t[:, 1]).output
+    want = (relative_lp_loss(y1, targets[:, 0]) + relative_lp_loss(y2, targets[:, 1])) / 2
+    torch.testing.assert_close(unrolled_loss(model, x, targets, t, mode="unrolled"), want)
+
+
 def test_rollout_objective_mixes_the_pair_and_rollout_losses_with_a_curriculum():
     from foundation.losses import unrolled_loss
     from pretrain.config import TrainArguments
@@ -255,6 +293,10 @@ def test_steady_problems_beside_time_dependent_ones_train_on_pairs_only(tmp_path
         channel_mask=moving["channel_mask"][None],
     )
     torch.testing.assert_close(got, alone)
+    split = build_data(
+        DataArguments(datasets=[str(ns), str(poisson)], rollout_steps=2, rollout_split=True), seed=0, rank=0, world=1
+    ).train_set
+    assert split.item(1, 0)["rollout_time"].shape == split.item(0, 3)["rollout_time"].shape == (2,)
     with pytest.raises(DataError, match="steady problem has no trajectory to roll out"):  # a steady one alone
         build_data(DataArguments(datasets=[str(poisson)], rollout_steps=2), seed=0, rank=0, world=1)
 

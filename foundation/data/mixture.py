@@ -91,6 +91,9 @@ class Mixture(Dataset):
         if len(steps) > 1:
             raise DataError(f"Mixture: parts with different rollout lengths {sorted(steps)} cannot share a batch")
         self.rollout_steps = steps.pop() if steps else 0
+        # a placeholder's step times: one per step when the sequences are split pairs, else one for all steps
+        split = any(getattr(p, "rollout_split", False) for p in self.parts)
+        self._rollout_time_shape = (self.rollout_steps,) if split else ()
 
     def set_epoch(self, epoch: int) -> None:
         """Move the sub-sampling offset of over-represented datasets (call once per epoch)."""
@@ -131,7 +134,7 @@ class Mixture(Dataset):
             # needs the same keys; rollout_mask 0 keeps the placeholder out of the rollout loss
             out["rollout_inputs"] = out["pixel_values"].clone()
             out["rollout_labels"] = torch.zeros(self.rollout_steps, *out["labels"].shape)
-            out["rollout_time"] = torch.tensor(0.0)
+            out["rollout_time"] = torch.zeros(self._rollout_time_shape)
             out["rollout_mask"] = torch.tensor(0.0)
         return out
 

@@ -41,6 +41,10 @@ class All2AllPairs(Dataset):
             what K steps fit in the window), so the sequences span every step size and start wherever they fit.
             A fixed step of K x step = the window leaves one sequence per trajectory (all start at the first
             snapshot), which a model memorises; stepping by the pair's lead gives many.
+        rollout_split: Instead, each sequence spans its pair i -> j (at least K snapshots) in K steps of unequal
+            length, cut at points drawn per pair (the same every epoch: resumes stay exact); `rollout_time` is then
+            the (K,) lead times of the steps. The model learns to continue from its own predictions of every lead,
+            long ones included (what a jump rollout feeds it), not only from chains of one step size.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class All2AllPairs(Dataset):
         check_finite: bool = True,
         rollout_steps: int = 0,
         rollout_lead_steps: int = 1,
+        rollout_split: bool = False,
     ):
         self.source, self.split_name = source, split
         self.trajectories = source.split(split)
@@ -86,6 +91,8 @@ class All2AllPairs(Dataset):
             np.ones(1) if info.steady else (times[self.pattern[:, 1]] - times[self.pattern[:, 0]]) / info.time_scale
         ).astype(np.float32)
         self.rollout_steps, self.rollout_lead_steps = int(rollout_steps), int(rollout_lead_steps)
+        self.rollout_split = bool(rollout_split) and self.rollout_steps > 0
+        self._model_times = times / info.time_scale
         self.rollout_time = self._rollout_time(times) if self.rollout_steps else None
         self.normalize, self.check_finite = normalize, check_finite
         channels, statics = len(info.channel_names), len(info.static_names)
@@ -112,6 +119,10 @@ class All2AllPairs(Dataset):
             raise DataError(f"{info.name}: a steady problem has no trajectory to roll out (rollout_steps={k})")
         if k < 0 or s < 0:
             raise DataError(f"{info.name}: rollout_steps and rollout_lead_steps must be >= 0, got {k}, {s}")
+        if self.rollout_split:  # steps of every length; their times come from the snapshots' own
+            if k >= len(times):
+                raise DataError(f"{info.name}: {k} rollout steps need {k + 1} snapshots, {len(times)} are in use")
+            return None
         s = s or self._largest_step()  # the pair's own lead: every step up to the largest that fits
         if k * s >= len(times):
             raise DataError(
@@ -194,6 +205,8 @@ class All2AllPairs(Dataset):
         """The rollout sequence from position `first` of the snapshots in use (earlier if K steps do not fit),
         in steps of `rollout_lead_steps` snapshots, or of the pair's `lead` (clipped to [1, largest]) when that is 0."""
         k, s = self.rollout_steps, self.rollout_lead_steps
+        if self.rollout_split:
+            return self._split_rollout(traj, first, lead, static)
         if s == 0:
             s = min(max(lead, 1), self._largest_step())
         start = min(first, len(self.snapshots) - 1 - k * s)
@@ -203,6 +216,23 @@ class All2AllPairs(Dataset):
             "rollout_inputs": torch.from_numpy(inputs),
             "rollout_labels": torch.from_numpy(labels),
             "rollout_time": torch.tensor(self._snapshot_time * s, dtype=torch.float32),
+        }
+
+    def _split_rollout(self, traj: int, first: int, lead: int, static: np.ndarray | None) -> dict[str, torch.Tensor]:
+        """The pair's span (at least K snapshots, moved earlier when it does not fit) in K steps, cut at points
+        drawn from the pair alone: the same sequence every epoch."""
+        k = self.rollout_steps
+        span = max(lead, k)
+        start = min(first, len(self.snapshots) - 1 - span)
+        rng = np.random.default_rng([traj, first, lead])
+        cuts = np.sort(rng.choice(np.arange(1, span), size=k - 1, replace=False)) if k > 1 else np.zeros(0, int)
+        points = [start, *(start + int(c) for c in cuts), start + span]
+        labels = np.stack([self._state(traj, self.snapshots[m]) for m in points[1:]])
+        inputs = self._inputs(self._state(traj, self.snapshots[start]), static)
+        return {
+            "rollout_inputs": torch.from_numpy(inputs),
+            "rollout_labels": torch.from_numpy(labels),
+            "rollout_time": torch.from_numpy(np.diff(self._model_times[points]).astype(np.float32)),
         }
 
 
