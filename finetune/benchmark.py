@@ -8,6 +8,10 @@ method it trains and evaluates, through the fine-tuning loop (`finetune.trainer`
 (`foundation.evaluation`):
 
     finetuned    the pretrained model, fully fine-tuned (`--strategy full`)
+    finetuned-rollout
+                 the same with rollout training next to the pairs (`--bench_rollout_steps` K, steps of the pair's
+                 lead; `--rollout_weight`, `--rollout_mode`, `--rollout_noise` as given): its rows sit beside the
+                 plain fine-tune's in window and past it (time-dependent tasks only; not a default method)
     scratch      the same architecture and data description, randomly initialised
     fno          neuraloperator's FNO from scratch (`finetune.baselines.FNOBaseline`, `--strategy fno`)
     persistence  the state at t_i returned for t_j (time-dependent tasks); the mean training target (steady ones)
@@ -49,8 +53,10 @@ from pretrain.config import (
 
 from .config import FinetuneArguments, check
 
-METHODS = ("finetuned", "scratch", "fno", "persistence")
-TRAINED = ("finetuned", "scratch", "fno")
+METHODS = ("finetuned", "finetuned-rollout", "scratch", "fno", "persistence")
+TRAINED = ("finetuned", "finetuned-rollout", "scratch", "fno")
+DEFAULT_METHODS = ("finetuned", "scratch", "fno", "persistence")
+PRETRAINED = ("finetuned", "finetuned-rollout")  # start from --init_from
 
 
 @dataclass
@@ -60,7 +66,12 @@ class BenchmarkArguments:
         metadata={"help": "Downstream tasks: SPEC or NAME=SPEC (pde: generator specs or open_source specs)."},
     )
     n: list[int] = field(default_factory=lambda: [8, 32], metadata={"help": "Training trajectory counts."})
-    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Of {', '.join(METHODS)}."})
+    methods: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METHODS), metadata={"help": f"Of {', '.join(METHODS)}."}
+    )
+    bench_rollout_steps: int = field(
+        default=2, metadata={"help": "K of the finetuned-rollout method (sequences step by their pair's lead)."}
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "Seeds of every trained cell."})
     finetuned_learning_rates: list[float] = field(
         default_factory=lambda: [2e-4, 5e-4], metadata={"help": "Grid of the fine-tuned body's learning rate."}
@@ -80,7 +91,7 @@ class BenchmarkArguments:
     )
 
     def __post_init__(self):
-        check_range(self, "n", "search_seeds", low=1)
+        check_range(self, "n", "search_seeds", "bench_rollout_steps", low=1)
         check_range(self, "finetuned_learning_rates", "scratch_learning_rates", "fno_learning_rates")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -91,6 +102,7 @@ class BenchmarkArguments:
     def learning_rates(self, method: str) -> list[float]:
         return {
             "finetuned": self.finetuned_learning_rates,
+            "finetuned-rollout": self.finetuned_learning_rates,
             "scratch": self.scratch_learning_rates,
             "fno": self.fno_learning_rates,
         }.get(method, [0.0])
@@ -219,8 +231,10 @@ def run_trained_cell(
     train_args.batch_size = min(train_args.batch_size, training_pairs(spec, n, data_args))
     tune.train_trajectories, tune.eval_split = n, "test"
     tune.eval_plots = False  # a table of numbers: the cells' evaluation.json, not their figures
-    tune.strategy = {"finetuned": tune.strategy, "scratch": "full", "fno": "fno"}[method]
+    tune.strategy = {"scratch": "full", "fno": "fno"}.get(method, tune.strategy)
     tune.from_scratch = method == "scratch"
+    if method == "finetuned-rollout":
+        data_args.rollout_steps, data_args.rollout_lead_steps = bench.bench_rollout_steps, 0
     start = time.perf_counter()
     outcome = Finetuner(model_args, data_args, train_args, tune).train()
     model = load_model(outcome["model"])
@@ -288,7 +302,7 @@ def cell(root: Path, task: str, method: str, spec: str, n: int, seed: int, lr: f
     folder = cell_folder(root, task, method, n, seed if method in TRAINED else None, lr)
     done = folder / "cell.json"
     budget = {"max_steps": args[2].max_steps, "batch_size": args[2].batch_size} if method in TRAINED else {}
-    start = {"init_weights": weights_fingerprint(args[0].init_from)} if method == "finetuned" else {}
+    start = {"init_weights": weights_fingerprint(args[0].init_from)} if method in PRETRAINED else {}
     if done.exists():
         record = json.loads(done.read_text())
         if record.get("budget", {}) != budget:
@@ -337,6 +351,8 @@ def run_benchmark(model_args, data_args, train_args, tune, bench: BenchmarkArgum
             steady = source.info.steady
         task: dict = {"spec": raw, "data": spec, "steady": steady, "methods": {}}
         for method in bench.methods:
+            if method == "finetuned-rollout" and steady:  # nothing to roll out
+                continue
             rows = {}
             for n in bench.n:
                 seeds = bench.seeds if method in TRAINED else [None]

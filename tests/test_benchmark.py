@@ -138,10 +138,21 @@ def test_tasks_longer_than_the_window_get_rollout_rows(base_dir, tmp_path):
     model_args, data_args, train_args, tune, bench = arguments(base_dir, tmp_path)
     data_args.max_snapshots, tune.eval_rollout_trajectories = 3, 2
     bench.tasks = ["pde:allen-cahn:n=10,resolution=16,snapshots=6,seed=3,val=2,test=2,eps=0.08"]
-    bench.n, bench.methods = [2], ["finetuned", "persistence"]
+    bench.n, bench.methods = [2], ["finetuned", "finetuned-rollout", "persistence"]
     report = run_benchmark(model_args, data_args, train_args, tune, bench, log=lambda line: None)
     rows = report["tasks"]["allen-cahn"]["methods"]
     assert rows["finetuned"]["2"]["horizon_final_step"] == 5 and rows["finetuned"]["2"]["horizon_final"] > 0
+
+    # the rollout-trained fine-tune beside it: trained with K = 2 sequences of the pair's lead, same budget
+    def read(method: str, name: str) -> dict:
+        return json.loads((cell_folder(tmp_path, "allen-cahn", method, 2, 0, 5e-4) / name).read_text())
+
+    run_args = read("finetuned-rollout", "run_args.json")
+    assert run_args["data"]["rollout_steps"] == 2 and run_args["data"]["rollout_lead_steps"] == 0
+    assert read("finetuned", "run_args.json")["data"]["rollout_steps"] == 0
+    assert read("finetuned-rollout", "cell.json")["budget"] == read("finetuned", "cell.json")["budget"]
+    assert rows["finetuned-rollout"]["2"]["horizon_final"] > 0
+    assert rows["finetuned-rollout"]["2"]["horizon_final"] != rows["finetuned"]["2"]["horizon_final"]
     errors = []  # persistence rolled out is the first snapshot, compared with the last
     with open_source(report["tasks"]["allen-cahn"]["data"]) as source:
         for traj in source.split("test"):

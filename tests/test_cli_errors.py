@@ -151,7 +151,7 @@ def test_every_learning_rate_is_checked(command, option, tmp_path, capfd):
         (
             "finetune.benchmark",
             ["--methods", "fno", "unet"],
-            "--methods must be among finetuned, scratch, fno, persistence, got ['unet']",
+            "--methods must be among finetuned, finetuned-rollout, scratch, fno, persistence, got ['unet']",
         ),
         (
             "finetune.benchmark",
