@@ -320,6 +320,19 @@ def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
 
 
 # ----------------------------------------------------------------------------------------------- the run
+def trained_leads(parts, rollout_weight: float = 0.0) -> tuple[float, float | None]:
+    """(largest lead time the model is trained to predict in one call, the rollout-training step or None), model
+    units. The pairs' largest lead, unless the rollout weight is 1 and no pair is trained: then the longest step
+    of the rollout sequences (a model trained so never saw the pairs' longer leads; jumping by them would be
+    extrapolating)."""
+    rollout = [p for p in parts if getattr(p, "rollout_steps", 0)]
+    steps = [p.rollout_time for p in rollout if p.rollout_time is not None]
+    step = float(max(steps)) if steps else None
+    if rollout and rollout_weight >= 1:
+        return float(max(p.rollout_max_step for p in rollout)), step
+    return float(max(p.lead_times.max() for p in parts)), step
+
+
 class RolloutObjective:
     """The training loss with rollout sequences in the batch: (1 - w) * pair loss + w * K-step rollout loss.
 
@@ -396,9 +409,8 @@ class PreparedRun:
         self.config = model.config
         # The exported model's trained window (its rollouts jump by it: foundation.evaluation.default_jump) and
         # the rollout-training step, if any.
-        self.config.max_lead_time = float(max(part.lead_times.max() for part in data.train_set.parts))
-        rollout_times = [part.rollout_time for part in data.train_set.parts if part.rollout_time is not None]
-        self.config.rollout_lead_time = float(max(rollout_times)) if rollout_times else None
+        weight = train_args.rollout_weight if data_args.rollout_steps else 0.0
+        self.config.max_lead_time, self.config.rollout_lead_time = trained_leads(data.train_set.parts, weight)
         self.group_names = group_names(self.config)
         grid = data.sources[0].grid
         if isinstance(model, ScOT):

@@ -228,6 +228,26 @@ def test_split_sequences_cut_their_pair_into_steps_of_their_own_lead_times(tmp_p
     torch.testing.assert_close(unrolled_loss(model, x, targets, t, mode="unrolled"), want)
 
 
+def test_the_recorded_window_is_what_the_model_was_trained_to_predict(tmp_path):
+    from foundation.data import All2AllPairs, open_source
+    from foundation.pdes import generate
+    from pretrain.trainer import trained_leads
+
+    path = generate("ns-sines", 2, 16, tmp_path / "ns.h5", snapshots=9, seed=0, batch=2, progress=False)
+    source = open_source(path, fill_stats=True)
+    dt = (source.info.times[1] - source.info.times[0]) / source.info.time_scale
+
+    def parts(**rollout):
+        return [All2AllPairs(source, "train", max_snapshots=9, rollout_steps=2, **rollout)]
+
+    assert trained_leads([All2AllPairs(source, "train", max_snapshots=9)]) == (pytest.approx(8 * dt), None)
+    assert trained_leads(parts(rollout_lead_steps=0), 0.5) == (pytest.approx(8 * dt), pytest.approx(4 * dt))
+    # rollout only (w = 1): no pair trains, the longest rollout step is the window
+    assert trained_leads(parts(rollout_lead_steps=0), 1.0) == (pytest.approx(4 * dt), pytest.approx(4 * dt))
+    assert trained_leads(parts(rollout_lead_steps=3), 1.0)[0] == pytest.approx(3 * dt)
+    assert trained_leads(parts(rollout_split=True), 1.0) == (pytest.approx(7 * dt), None)  # 8 snapshots, 2 steps
+
+
 def test_rollout_objective_mixes_the_pair_and_rollout_losses_with_a_curriculum():
     from foundation.losses import unrolled_loss
     from pretrain.config import TrainArguments

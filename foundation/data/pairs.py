@@ -143,6 +143,18 @@ class All2AllPairs(Dataset):
         return max(1, (len(self.snapshots) - 1) // self.rollout_steps)
 
     @property
+    def rollout_max_step(self) -> float:
+        """The longest single step of the rollout sequences (model units): the fixed or largest pair-lead step, or,
+        for split pairs, a whole-window span less one snapshot per other step."""
+        if not self.rollout_steps:
+            return 0.0
+        if self.rollout_split:
+            times = self._model_times
+            span = len(times) - self.rollout_steps  # snapshots in the longest step
+            return float(max(times[m + span] - times[m] for m in range(len(times) - span)))
+        return float(self.rollout_time)
+
+    @property
     def pairs_per_trajectory(self) -> int:
         return len(self.pattern)
 
