@@ -326,6 +326,11 @@ def trained_leads(parts, rollout_weight: float = 0.0) -> tuple[float, float | No
     of the rollout sequences (a model trained so never saw the pairs' longer leads; jumping by them would be
     extrapolating)."""
     rollout = [p for p in parts if getattr(p, "rollout_steps", 0)]
+    if rollout and rollout_weight >= 1 and len(rollout) < len(parts):
+        names = [p.source.info.name for p in parts if p not in rollout]
+        raise ValueError(
+            f"--rollout_weight {rollout_weight:g} trains no pair, so {names} (no rollouts) would not train"
+        )
     steps = [p.rollout_time for p in rollout if p.rollout_time is not None]
     step = float(max(steps)) if steps else None
     if rollout and rollout_weight >= 1:

@@ -313,6 +313,10 @@ def test_steady_problems_beside_time_dependent_ones_train_on_pairs_only(tmp_path
         channel_mask=moving["channel_mask"][None],
     )
     torch.testing.assert_close(got, alone)
+    from pretrain.trainer import trained_leads
+
+    with pytest.raises(ValueError, match="trains no pair, so .*poisson.* would not train"):  # rollouts only: nothing
+        trained_leads(mixture.parts, rollout_weight=1.0)
     split = build_data(
         DataArguments(datasets=[str(ns), str(poisson)], rollout_steps=2, rollout_split=True), seed=0, rank=0, world=1
     ).train_set
