@@ -325,7 +325,7 @@ def trained_leads(parts, rollout_weight: float = 0.0) -> tuple[float, float | No
     units. The pairs' largest lead, unless the rollout weight is 1 and no pair is trained: then the longest step
     of the rollout sequences (a model trained so never saw the pairs' longer leads; jumping by them would be
     extrapolating)."""
-    rollout = [p for p in parts if getattr(p, "rollout_steps", 0)]
+    rollout = [p for p in parts if p.rollout_steps]
     if rollout and rollout_weight >= 1 and len(rollout) < len(parts):
         names = [p.source.info.name for p in parts if p not in rollout]
         raise ValueError(

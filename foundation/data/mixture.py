@@ -92,7 +92,7 @@ class Mixture(Dataset):
             raise DataError(f"Mixture: parts with different rollout lengths {sorted(steps)} cannot share a batch")
         self.rollout_steps = steps.pop() if steps else 0
         # a placeholder's step times: one per step when the sequences are split pairs, else one for all steps
-        split = any(getattr(p, "rollout_split", False) for p in self.parts)
+        split = any(p.rollout_split for p in self.parts)
         self._rollout_time_shape = (self.rollout_steps,) if split else ()
 
     def set_epoch(self, epoch: int) -> None:

@@ -136,8 +136,7 @@ class All2AllPairs(Dataset):
                 f"{info.name}: rollout training needs evenly spaced snapshots; spacings of {even} snapshot(s) "
                 f"range from {steps.min():g} to {steps.max():g}"
             )
-        self._snapshot_time = float(steps[0] / even / info.time_scale)
-        return self._snapshot_time * s  # the largest step of the sequences
+        return float(steps[0] / even / info.time_scale) * s  # the largest step of the sequences
 
     def _largest_step(self) -> int:
         return max(1, (len(self.snapshots) - 1) // self.rollout_steps)
@@ -214,38 +213,33 @@ class All2AllPairs(Dataset):
         return item
 
     def _rollout(self, traj: int, first: int, lead: int, static: np.ndarray | None) -> dict[str, torch.Tensor]:
-        """The rollout sequence from position `first` of the snapshots in use (earlier if K steps do not fit),
-        in steps of `rollout_lead_steps` snapshots, or of the pair's `lead` (clipped to [1, largest]) when that is 0."""
-        k, s = self.rollout_steps, self.rollout_lead_steps
-        if self.rollout_split:
-            return self._split_rollout(traj, first, lead, static)
-        if s == 0:
-            s = min(max(lead, 1), self._largest_step())
-        start = min(first, len(self.snapshots) - 1 - k * s)
-        labels = np.stack([self._state(traj, self.snapshots[start + m * s]) for m in range(1, k + 1)])
-        inputs = self._inputs(self._state(traj, self.snapshots[start]), static)  # a new array: concatenated
+        """The rollout sequence of the pair starting at position `first` of the snapshots in use, `lead` apart."""
+        points = self._rollout_points(traj, first, lead)
+        labels = np.stack([self._state(traj, self.snapshots[m]) for m in points[1:]])
+        inputs = self._inputs(self._state(traj, self.snapshots[points[0]]), static)  # a new array: concatenated
+        steps = np.diff(self._model_times[points]).astype(np.float32)
         return {
             "rollout_inputs": torch.from_numpy(inputs),
             "rollout_labels": torch.from_numpy(labels),
-            "rollout_time": torch.tensor(self._snapshot_time * s, dtype=torch.float32),
+            # split pairs: one lead time per step; otherwise the steps are even: one for all
+            "rollout_time": torch.from_numpy(steps) if self.rollout_split else torch.tensor(steps[0]),
         }
 
-    def _split_rollout(self, traj: int, first: int, lead: int, static: np.ndarray | None) -> dict[str, torch.Tensor]:
-        """The pair's span (at least K snapshots, moved earlier when it does not fit) in K steps, cut at points
-        drawn from the pair alone: the same sequence every epoch."""
-        k = self.rollout_steps
+    def _rollout_points(self, traj: int, first: int, lead: int) -> list[int]:
+        """Positions (in the snapshots in use) of a sequence's start and its K steps. Steps of
+        `rollout_lead_steps` snapshots, or of the pair's `lead` (clipped to [1, largest]) when that is 0, from
+        `first` (earlier if K steps do not fit); split pairs: the pair's span (at least K snapshots, moved earlier
+        when it does not fit) cut at points drawn from the pair alone, the same sequence every epoch."""
+        k, last = self.rollout_steps, len(self.snapshots) - 1
+        if not self.rollout_split:
+            s = self.rollout_lead_steps or min(max(lead, 1), self._largest_step())
+            start = min(first, last - k * s)
+            return [start + m * s for m in range(k + 1)]
         span = max(lead, k)
-        start = min(first, len(self.snapshots) - 1 - span)
+        start = min(first, last - span)
         rng = np.random.default_rng([traj, first, lead])
         cuts = np.sort(rng.choice(np.arange(1, span), size=k - 1, replace=False)) if k > 1 else np.zeros(0, int)
-        points = [start, *(start + int(c) for c in cuts), start + span]
-        labels = np.stack([self._state(traj, self.snapshots[m]) for m in points[1:]])
-        inputs = self._inputs(self._state(traj, self.snapshots[start]), static)
-        return {
-            "rollout_inputs": torch.from_numpy(inputs),
-            "rollout_labels": torch.from_numpy(labels),
-            "rollout_time": torch.from_numpy(np.diff(self._model_times[points]).astype(np.float32)),
-        }
+        return [start, *(start + int(c) for c in cuts), start + span]
 
 
 # ----------------------------------------------------------------------------------------------- sampler
