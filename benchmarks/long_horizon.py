@@ -18,7 +18,11 @@ default strategy (jumps of `default_jump`, the largest trained lead); the all2al
 `--jumps`, its best kept; the rollout model also chaining its own rollout-training step, against the all2all model
 chained the same way (when that step is among `--jumps`). In-window direct errors are the runs' own held-out
 evaluations (all2all pairs inside the window). `last_step_split` puts beside each model's last-step error that
-of its last call made from the true state: the gap is what compounding cost, the most rollout training can win.
+of its last call made from the true state: the gap is what compounding cost, the most rollout training can win;
+and (files of `foundation.pdes`) the exact solver continued from the model's own state at that input time: what
+a perfect last call would still miss, the input's error carried by the true dynamics; and the last call against
+that continuation, its own error on the state it was fed (beside `last_call_from_truth`, the same call's error on
+the true state: rollout training is for the excess).
 Prints and writes JSON.
 """
 
@@ -44,10 +48,10 @@ def main() -> None:
     from foundation.evaluation import HEADLINE, horizon
     from foundation.plots import horizon_plot
 
-    def run_horizon(folder: str, jump: float | None, split: str = "test") -> dict:
+    def run_horizon(folder: str, jump: float | None, split: str = "test", solver: bool = False) -> dict:
         sources = [open_source(spec, fill_stats=True) for spec in args.datasets]
         model = load_model(Path(folder) / "model")
-        return horizon(model, sources, split, trajectories=args.trajectories, max_lead=jump)
+        return horizon(model, sources, split, trajectories=args.trajectories, max_lead=jump, solver=solver)
 
     def facts(folder: str) -> dict:
         result = json.loads((Path(folder) / "result.json").read_text())
@@ -61,8 +65,8 @@ def main() -> None:
         }
 
     out = {"all2all": facts(args.all2all), "rollout": facts(args.rollout)}
-    out["all2all"]["horizon_default"] = run_horizon(args.all2all, None)
-    out["rollout"]["horizon_default"] = run_horizon(args.rollout, None)
+    out["all2all"]["horizon_default"] = run_horizon(args.all2all, None, solver=True)
+    out["rollout"]["horizon_default"] = run_horizon(args.rollout, None, solver=True)
     by_jump = {f"{j:g}": run_horizon(args.all2all, j) for j in args.jumps}
     best = min(by_jump, key=lambda j: by_jump[j]["final"]["median_rel_l1_physical/mean"])
     out["all2all"]["horizon_by_jump"] = by_jump
@@ -93,11 +97,17 @@ def main() -> None:
         / out["all2all"]["in_window_median_rel_l1_physical/mean"],
     }
     # The last step's error, split: the same last call from the true state (its own error) and what feeding the
-    # model its own outputs cost on top (the most that rollout training could remove).
+    # model its own outputs cost on top (the most that rollout training could remove); and, for files our solvers
+    # wrote, the true dynamics from the model's own state at that input time: what a last call making no error of
+    # its own would still miss, since its input was already wrong.
     out["last_step_split"] = {
         name: {
             "rolled_out": final(out[name]["horizon_default"]),
             "last_call_from_truth": out[name]["horizon_default"].get("final_from_truth", {}).get(HEADLINE),
+            **{
+                key: out[name]["horizon_default"].get(f"final_{key}", {}).get(HEADLINE)
+                for key in ("solver_from_model", "call_on_own_state", "solver_from_truth")
+            },
         }
         for name in ("all2all", "rollout")
     }

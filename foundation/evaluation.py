@@ -328,6 +328,7 @@ def horizon(
     strategy: str = "jump",
     max_lead: float | None = None,
     device: torch.device | str = "cpu",
+    solver: bool = False,
 ) -> dict:
     """Rollouts from the first snapshot to the end of each trajectory (past the training window), physical fields.
 
@@ -341,6 +342,14 @@ def horizon(
     `final_from_truth` splits the last step's error: the same last call made from the true state at its input
     time (when that is a stored snapshot). Its error is the call's own; the gap to `final` is what feeding the
     model its own outputs cost, the most that rollout training could take away.
+
+    `solver`: for files our solvers wrote (`foundation.pdes`, a family with `evolve`), also the true dynamics
+    continued from the rollout's own state at that input time (`final_solver_from_model`): how far the input's
+    error alone carries to the last step, i.e. what a last call that made no error of its own would still miss;
+    the rollout's last step against that continuation (`final_call_on_own_state`): the last call's own error on
+    the state it was fed, to set beside `final_from_truth` (the same call on the true state); rollout training is
+    for the excess of the first over the second. And from the stored state (`final_solver_from_truth`, a check:
+    about 0).
     """
     config = model.config
     convert = to_physical(config)
@@ -349,6 +358,13 @@ def horizon(
     drift: dict[int, list[float]] = {}
     leads: dict[int, float] = {}
     restarts: dict[int, list[float]] = {}  # last step from the true input of its last call, by that input's step
+    # The solver continued from the model's or the true state at the last call's input, vs the truth; and the
+    # last call vs the first of these.
+    continued: dict[str, dict[int, list[float]]] = {
+        "solver_from_model": {},
+        "solver_from_truth": {},
+        "call_on_own_state": {},
+    }
     for source in sources:
         data = held_out_pairs(config, [source], split, stride=stride)
         part = data.parts[0]
@@ -361,6 +377,7 @@ def horizon(
         lead = float(spacing[0] / config.time_scale)
         pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
         last = len(part.snapshots) - 1
+        evolve = _solver(part.source) if solver else None
         for slot in range(min(trajectories, len(part.trajectories))):
             base = slot * len(part.pattern)
             items = [data.item(0, base + pattern[(0, j)]) for j in range(1, last + 1)]
@@ -380,6 +397,16 @@ def horizon(
                 pred = convert(model(pixel_values=item["pixel_values"][None].to(device), time=time).output)
                 error = per_sample_errors(pred, convert(item["labels"][None].to(device)), config, mask)
                 restarts.setdefault(start, []).append(float(torch.nanmean(error)))
+                if evolve is not None:
+                    duration = float(times[last] - times[start])
+                    truth = convert(items[-1]["labels"][None].to(device))
+                    own = evolve(convert(preds[start - 1]), duration, config)
+                    true = evolve(convert(items[start - 1]["labels"][None].to(device)), duration, config)
+                    pairs = {"solver_from_model": (own, truth), "solver_from_truth": (true, truth)}
+                    pairs["call_on_own_state"] = (convert(preds[-1]), own)
+                    for name, (guess, reference) in pairs.items():
+                        error = per_sample_errors(guess, reference, config, mask)
+                        continued[name].setdefault(start, []).append(float(torch.nanmean(error)))
     if not errors:
         return {}
     steps = sorted(errors)
@@ -399,11 +426,37 @@ def horizon(
     if len(restarts) == 1:  # one input step for every source (sources of one length and spacing)
         ((start, values),) = restarts.items()
         result["final_from_truth"] = {"input_step": start, "median_rel_l1_physical/mean": float(np.median(values))}
+    for name, by_start in continued.items():
+        if len(by_start) == 1 and len(next(iter(by_start.values()))) == len(errors[steps[-1]]):  # every trajectory
+            ((start, values),) = by_start.items()
+            result[f"final_{name}"] = {"input_step": start, HEADLINE: float(np.median(values))}
     for first, end in HORIZON_WINDOWS:
         inside = [c for j, c in zip(steps, curve) if first <= j <= end]
         if steps[-1] >= first:
             result["windows"][f"{first}-{end}"] = float(np.mean(inside))
     return result
+
+
+def _solver(source) -> Callable[[Tensor, float, object], Tensor] | None:
+    """`evolve(fields, duration, config)`: the generating solver of a file `foundation.pdes` wrote, with the PDE
+    parameters it recorded, on physical fields in the model's output channels; None for other files."""
+    info = source.info
+    if not str(info.provenance.get("solver", "")).startswith("foundation.pdes"):
+        return None  # a published file: its solver and parameters are not ours to assume
+    from .pdes import FAMILIES
+
+    family = FAMILIES.get(info.pde.get("id"))
+    if family is None or family.evolve is None:
+        return None
+    params = {k: v for k, v in info.pde.items() if k not in ("id", "t_end")}
+
+    def evolve(fields: Tensor, duration: float, config) -> Tensor:
+        index = [config.output_channel_names.index(c) for c in info.channel_names]
+        out = fields.clone()  # channels the file lacks keep the prediction (masked out of the error)
+        out[:, index] = family.evolve(fields[:, index], duration, **params).to(fields.dtype)
+        return out
+
+    return evolve
 
 
 def _last_call_input(last: int, lead: float, strategy: str, max_lead: float) -> int | None:

@@ -383,6 +383,43 @@ def test_horizon_splits_the_last_error_into_the_last_calls_own_and_what_feeding_
         assert own != result["final"]["median_rel_l1_physical/mean"]  # the rollout's input was not the truth
 
 
+def test_horizon_continues_the_true_dynamics_from_the_rollouts_own_state(tmp_path):
+    import shutil
+
+    import h5py
+
+    from foundation.data import open_source
+    from foundation.evaluation import HEADLINE, horizon, per_sample_errors, to_physical
+    from foundation.pdes import FAMILIES, generate
+
+    # 32^2: at 16^2 the stored velocities drop vorticity at the Nyquist modes, and continuing them misses ~1 %.
+    path = generate("ns-sines", 3, 32, tmp_path / "ns.h5", snapshots=9, seed=0, batch=3, progress=False)
+    source = open_source(path, fill_stats=True)
+    dt = (source.info.times[1] - source.info.times[0]) / 2.0  # model units: the model's time_scale is 2
+    model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"], max_lead_time=4 * dt)
+    result = horizon(model, [source], "train", trajectories=2, solver=True)
+    assert result["final_solver_from_model"]["input_step"] == result["final_from_truth"]["input_step"] == 4
+    assert result["final_solver_from_truth"][HEADLINE] < 0.01  # the solver continues the file's own states (%)
+    convert, errors, calls = to_physical(model.config), [], []
+    for traj in source.split("train")[:2]:  # independently: the model's state at step 4, the solver to step 8
+        x = model.normalize(torch.from_numpy(source.read(traj, 0))[None])
+        state = model(pixel_values=x, time=torch.tensor([4 * dt])).output.detach()
+        later = FAMILIES["ns-sines"].evolve(convert(state), 4 * 2.0 * dt, **source.info.pde)
+        truth = torch.from_numpy(source.read(traj, 8))[None]
+        errors.append(float(per_sample_errors(later, truth, model.config).mean()))
+        last = model(pixel_values=state, time=torch.tensor([4 * dt])).output.detach()  # the rollout's last call
+        calls.append(float(per_sample_errors(convert(last), later, model.config).mean()))
+    assert result["final_solver_from_model"][HEADLINE] == pytest.approx(np.median(errors), rel=1e-4)
+    assert result["final_solver_from_model"][HEADLINE] > 1.0  # an untrained model's state is far off
+    assert result["final_call_on_own_state"][HEADLINE] == pytest.approx(np.median(calls), rel=1e-4)
+    assert "final_solver_from_model" not in horizon(model, [source], "train", trajectories=2)  # only when asked
+    shutil.copy(path, tmp_path / "published.h5")  # a file our solvers did not write: no solver is assumed
+    with h5py.File(tmp_path / "published.h5", "r+") as file:
+        file.attrs["provenance"] = "{}"
+    published = open_source(tmp_path / "published.h5", fill_stats=True)
+    assert "final_solver_from_model" not in horizon(model, [published], "train", trajectories=2, solver=True)
+
+
 def test_rollout_training_of_a_model_that_cannot_feed_its_outputs_back_is_refused():
     from pretrain.config import TrainArguments
     from pretrain.trainer import RolloutObjective

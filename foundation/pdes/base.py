@@ -45,6 +45,8 @@ class PDEFamily:
         domain: Extent per axis and periodicity.
         simulate: `simulate(batch, resolution, snapshots, generator, device, **params) -> Trajectories`.
         description: One line for the CLI and the dataset card.
+        evolve: `evolve(fields, duration, static, **params) -> fields`, the solver continued from given physical
+            states [B, C, H, W] (what the true dynamics make of a model's prediction), where the family has one.
     """
 
     id: str
@@ -56,3 +58,4 @@ class PDEFamily:
     domain: dict[str, Any]
     simulate: Callable[..., Trajectories]
     description: str = ""
+    evolve: Callable[..., torch.Tensor] | None = None

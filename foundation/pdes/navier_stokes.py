@@ -204,26 +204,10 @@ def simulate(
         state = torch.cat([state, initial_tracer(batch, eq, generator)[:, None]], dim=1)
     times = np.linspace(0.0, t_end, snapshots) if snapshots > 1 else np.zeros(1)
     frames, steps, t = [], 0, 0.0
-    dx = 1.0 / resolution
     for target in times:
-        while target - t > 1e-12:
-            u, v = eq.velocity(state[:, 0])
-            speed = float(torch.maximum(u.abs().amax(), v.abs().amax()))
-            interval = target - t
-            n_sub = max(1, math.ceil(interval / (cfl * dx / max(speed, 1e-8))))
-            dt = interval / n_sub
-            for _ in range(n_sub):
-                state = stepper(state, dt, eq, t)
-                t += dt
-                steps += 1
-            t = float(target)
-            if not torch.isfinite(state).all():
-                raise UnstableSettings(f"{family}: the solution blew up before t = {target:.4g} (dt = {dt:.3g})")
-        u, v = eq.velocity(state[:, 0])
-        channels = [u, v]
-        if tracer:
-            channels.append(torch.fft.irfft2(state[:, 1], s=(resolution, resolution)))
-        frames.append(torch.stack(channels, dim=1))
+        state, n_steps = _advance(state, eq, stepper, t, float(target), cfl, family)
+        steps, t = steps + n_steps, float(target)
+        frames.append(_physical(state, eq))
     fields = torch.stack(frames, dim=1).float().cpu()  # [B, T, C, n, n]
     static = None if forcing is None else forcing.float().cpu().expand(batch, 1, resolution, resolution).clone()
     settings = {
@@ -233,6 +217,57 @@ def simulate(
         "dtype": str(dtype).replace("torch.", ""),
     }
     return Trajectories(fields=fields, times=times, static=static, settings=settings)
+
+
+def _advance(state, eq: VorticityEquation, stepper, t: float, target: float, cfl: float, family: str):
+    """`state` (rfft2 coefficients) from time `t` to `target` in sub-steps at CFL number `cfl`: (state, steps)."""
+    steps = 0
+    while target - t > 1e-12:
+        u, v = eq.velocity(state[:, 0])
+        speed = float(torch.maximum(u.abs().amax(), v.abs().amax()))
+        interval = target - t
+        n_sub = max(1, math.ceil(interval / (cfl * (1.0 / eq.n) / max(speed, 1e-8))))
+        dt = interval / n_sub
+        for _ in range(n_sub):
+            state = stepper(state, dt, eq, t)
+            t += dt
+            steps += 1
+        t = target
+        if not torch.isfinite(state).all():
+            raise UnstableSettings(f"{family}: the solution blew up before t = {target:.4g} (dt = {dt:.3g})")
+    return state, steps
+
+
+def _physical(state: torch.Tensor, eq: VorticityEquation) -> torch.Tensor:
+    """(u, v[, tracer]) [B, C, n, n] of a state."""
+    channels = list(eq.velocity(state[:, 0]))
+    if state.shape[1] > 1:
+        channels.append(torch.fft.irfft2(state[:, 1], s=(eq.n, eq.n)))
+    return torch.stack(channels, dim=1)
+
+
+def evolve(
+    fields: torch.Tensor,
+    duration: float,
+    static=None,
+    family: str = "ns-sines",
+    viscosity: float = 4e-4,
+    diffusivity: float = 0.0,
+    cfl: float = 0.5,
+    **_,
+) -> torch.Tensor:
+    """The solver continued from given states `fields` [B, 2 or 3, n, n] (physical u, v[, tracer]) for
+    `duration`: the vorticity of (u, v) (its divergent part, which the flow cannot carry, drops out), stepped as
+    `simulate` steps (float64 inside), then (u, v[, tracer]) again."""
+    n, device = fields.shape[-1], fields.device
+    forcing = kolmogorov_forcing(n, device) if family == "ns-kf" else None
+    eq = VorticityEquation(n, viscosity, diffusivity, forcing, device)
+    x = fields.double()
+    state = [_vorticity_of_velocity(x[:, 0], x[:, 1], eq)]
+    if fields.shape[1] > 2:
+        state.append(torch.fft.rfft2(x[:, 2]))
+    state, _ = _advance(torch.stack(state, dim=1), eq, RK4CrankNicolsonStepper(), 0.0, duration, cfl, family)
+    return _physical(state, eq).to(fields.dtype)
 
 
 def _family(id_: str, description: str, **params) -> PDEFamily:
@@ -246,6 +281,7 @@ def _family(id_: str, description: str, **params) -> PDEFamily:
         params={"viscosity": 4e-4, "cfl": 0.5, **params},
         domain=DOMAIN,
         simulate=functools.partial(simulate, family=id_),
+        evolve=functools.partial(evolve, family=id_),
         description=description,
     )
 
