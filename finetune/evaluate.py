@@ -10,10 +10,15 @@ The metrics are `foundation.evaluation.evaluate`'s, on de-normalised (physical) 
 Writes `evaluation.json` and PNG plots (`samples.png`, `rollout.png`, `spectra.png`) into `--out`.
 
     python -m finetune.evaluate --model runs/ft/model --datasets long.h5 --horizon [--strategy jump] [--max_lead T]
+        [--solver]
 
 `--horizon` trains and evaluates nothing else: it rolls the model out from the first snapshot to the end of each
 trajectory (longer than the training window, e.g. files of twice the span) and writes `horizon.json` and
-`horizon.png`: error and spectral energy drift against step, The Well's windows (steps 6-12, 13-30), the last step.
+`horizon.png`: error and spectral energy drift against step, The Well's windows (steps 6-12, 13-30), the last step
+and its split (the last call from the true state). `--solver`, for files our solvers wrote: also the true dynamics
+continued from the rollout's own state at the last call's input, and the last call's error against it: is the
+long-horizon error the model's compounding (what rollout training can take away) or the physics carrying an
+early error?
 """
 
 from __future__ import annotations
@@ -95,7 +100,9 @@ def _horizon_main(args) -> int:
         specs = resolve_specs(args.datasets, out / "data")
         model = load_model(args.model)
         sources = [open_source(spec, fill_stats=True) for spec in specs]
-        options = dict(trajectories=args.rollout_trajectories, stride=args.stride, strategy=args.strategy)
+        options = dict(
+            trajectories=args.rollout_trajectories, stride=args.stride, strategy=args.strategy, solver=args.solver
+        )
         result = horizon(model, sources, split=args.split, max_lead=args.max_lead, **options)
     except (DataError, ValueError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -108,8 +115,9 @@ def _horizon_main(args) -> int:
     if not args.no_plots:
         horizon_plot({args.model: result}, out / "horizon.png")
     summary = {"horizon": str(out / "horizon.json"), "final": result["final"], "windows": result["windows"]}
-    if "final_from_truth" in result:
-        summary["final_from_truth"] = result["final_from_truth"]
+    for key in ("final_from_truth", "final_solver_from_model", "final_call_on_own_state", "final_solver_from_truth"):
+        if key in result:
+            summary[key] = result[key]
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -129,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="jump", choices=list(ROLLOUT_STRATEGIES), help="With --horizon.")
     parser.add_argument(
         "--max_lead", type=float, default=None, help="With --horizon: the jump, in model units (default: trained)."
+    )
+    parser.add_argument(
+        "--solver",
+        action="store_true",
+        help="With --horizon, files of foundation.pdes: the true dynamics continued from the rollout's own state.",
     )
     args = parser.parse_args(argv)
     if args.horizon:

@@ -348,8 +348,10 @@ def test_horizon_evaluation_rolls_past_the_window_and_writes_its_curve(tmp_path)
     out = tmp_path / "horizon"
     spec = "pde:ns-kf:n=4,resolution=16,snapshots=9,seed=0,val=1,test=2,t_end=2.0"
     argv = ["--model", str(tmp_path / "model"), "--datasets", spec, "--horizon", "--out", str(out)]
-    assert main(argv + ["--rollout_trajectories", "2"]) == 0
+    assert main(argv + ["--rollout_trajectories", "2", "--solver"]) == 0
     result = json.loads((out / "horizon.json").read_text())
+    assert result["final_solver_from_model"]["input_step"] == 6  # the last call's input: 3 jumps of 2 steps
+    assert result["final_solver_from_truth"]["median_rel_l1_physical/mean"] < 0.01  # the file's own dynamics (%)
     assert result["steps"] == list(range(1, 9)) and result["max_lead"] == 0.5 and result["trajectories"] == 2
     assert result["lead_time"] == pytest.approx([0.25 * j for j in range(1, 9)])  # physical time / time_scale
     assert len(result["energy_drift"]) == 8 and all(v > -1 for v in result["energy_drift"])
