@@ -17,13 +17,12 @@ Both models roll out from the first test snapshot to the end (`foundation.evalua
 default strategy (jumps of `default_jump`, the largest trained lead); the all2all model also with every jump of
 `--jumps`, its best kept; the rollout model also chaining its own rollout-training step, against the all2all model
 chained the same way (when that step is among `--jumps`). In-window direct errors are the runs' own held-out
-evaluations (all2all pairs inside the window). `last_step_split` puts beside each model's last-step error that
-of its last call made from the true state: the gap is what compounding cost, the most rollout training can win;
-and (files of `foundation.pdes`) the exact solver continued from the model's own state at that input time: what
-a perfect last call would still miss, the input's error carried by the true dynamics; and the last call against
-that continuation, its own error on the state it was fed (beside `last_call_from_truth`, the same call's error on
-the true state: rollout training is for the excess).
-Prints and writes JSON.
+evaluations (all2all pairs inside the window). `last_step_split`, for each of these rollouts: the last step's
+error; that of its last call made from the true state (`from_truth`); and, for files of `foundation.pdes`, the
+exact solver continued from the model's own state at that input time (`solver_from_model`: what a perfect last
+call would still miss, the input's error carried by the true dynamics) and the last call against that
+continuation (`call_on_own_state`: its own error on the state it was fed; rollout training is for its excess
+over `from_truth`, the same call's error on the true state). Prints and writes JSON.
 """
 
 from __future__ import annotations
@@ -67,7 +66,7 @@ def main() -> None:
     out = {"all2all": facts(args.all2all), "rollout": facts(args.rollout)}
     out["all2all"]["horizon_default"] = run_horizon(args.all2all, None, solver=True)
     out["rollout"]["horizon_default"] = run_horizon(args.rollout, None, solver=True)
-    by_jump = {f"{j:g}": run_horizon(args.all2all, j) for j in args.jumps}
+    by_jump = {f"{j:g}": run_horizon(args.all2all, j, solver=True) for j in args.jumps}
     best = min(by_jump, key=lambda j: by_jump[j]["final"]["median_rel_l1_physical/mean"])
     out["all2all"]["horizon_by_jump"] = by_jump
     out["all2all"]["best_jump"] = float(best)
@@ -77,7 +76,7 @@ def main() -> None:
 
     step = load_model(Path(args.rollout) / "model").config.rollout_lead_time
     if step:  # what rollout training targets: chains of its own step
-        own = out["rollout"]["horizon_own_step"] = run_horizon(args.rollout, step)
+        own = out["rollout"]["horizon_own_step"] = run_horizon(args.rollout, step, solver=True)
         same = next((r for j, r in by_jump.items() if abs(float(j) - step) < 1e-6), None)
         if same is not None:
             out["own_step_rollout_vs_all2all_same_jump"] = final(own) / final(same)
@@ -96,21 +95,18 @@ def main() -> None:
         "in_window_rollout_vs_all2all": out["rollout"]["in_window_median_rel_l1_physical/mean"]
         / out["all2all"]["in_window_median_rel_l1_physical/mean"],
     }
-    # The last step's error, split: the same last call from the true state (its own error) and what feeding the
-    # model its own outputs cost on top (the most that rollout training could remove); and, for files our solvers
-    # wrote, the true dynamics from the model's own state at that input time: what a last call making no error of
-    # its own would still miss, since its input was already wrong.
-    out["last_step_split"] = {
-        name: {
-            "rolled_out": final(out[name]["horizon_default"]),
-            "last_call_from_truth": out[name]["horizon_default"].get("final_from_truth", {}).get(HEADLINE),
-            **{
-                key: out[name]["horizon_default"].get(f"final_{key}", {}).get(HEADLINE)
-                for key in ("solver_from_model", "call_on_own_state", "solver_from_truth")
-            },
-        }
-        for name in ("all2all", "rollout")
-    }
+
+    def split(result: dict) -> dict:  # the last step's error and its parts (module docstring)
+        keys = ("from_truth", "solver_from_model", "call_on_own_state", "solver_from_truth")
+        return {"rolled_out": final(result), **{key: result.get(f"final_{key}", {}).get(HEADLINE) for key in keys}}
+
+    splits = out["last_step_split"] = {"all2all": split(out["all2all"]["horizon_default"])}
+    shown = [best] + ([f"{step:g}"] if step and f"{step:g}" in by_jump and f"{step:g}" != best else [])
+    for jump in shown:  # its best jump, and the rollout model's own step
+        splits[f"all2all_jump_{jump}"] = split(by_jump[jump])
+    splits["rollout"] = split(out["rollout"]["horizon_default"])
+    if "horizon_own_step" in out["rollout"]:
+        splits["rollout_own_step"] = split(out["rollout"]["horizon_own_step"])
     out["targets"] = {"final_step": "<= 0.7", "in_window": "<= 1.1"}
     text = json.dumps(out, indent=2)
     print(text)

@@ -429,3 +429,46 @@ def test_rollout_training_of_a_model_that_cannot_feed_its_outputs_back_is_refuse
     steady = _model(channel_names=["f"], output_channel_names=["u"])  # Poisson-like: f in, u out
     with pytest.raises(ValueError, match="--rollout_steps 2: the model's outputs \\['u'\\] are not all among"):
         RolloutObjective(steady.config, TrainArguments(), steps=2)
+
+
+def test_long_horizon_benchmark_compares_two_runs_and_splits_their_last_steps(base_dir, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from finetune.__main__ import main as finetune_main
+
+    spec = "pde:allen-cahn:n=8,resolution=16,snapshots=9,seed=0,val=1,test=2,t_end=2.0,eps=0.08"
+    common = ["--init_from", str(base_dir), "--datasets", spec, "--max_snapshots", "5", "--max_steps", "3"]
+    common += ["--batch_size", "4", "--tracker", "none", "--eval_pairs", "8"]
+    assert finetune_main(common + ["--output_dir", str(tmp_path / "a")]) == 0
+    rollout = ["--rollout_steps", "2", "--rollout_lead_steps", "1"]  # chains of one snapshot: 0.125 model units
+    assert finetune_main(common + rollout + ["--output_dir", str(tmp_path / "r")]) == 0
+    (data,) = (tmp_path / "data").glob("*.h5")
+
+    loader = importlib.util.spec_from_file_location("long_horizon", REPO_ROOT / "benchmarks" / "long_horizon.py")
+    script = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(script)
+    argv = ["--all2all", str(tmp_path / "a"), "--rollout", str(tmp_path / "r"), "--datasets", str(data)]
+    argv += ["--trajectories", "2", "--jumps", "0.125", "0.25", "--out", str(tmp_path / "lh.json")]
+    monkeypatch.setattr(sys, "argv", ["long_horizon.py", *argv])
+    script.main()
+    out = json.loads((tmp_path / "lh.json").read_text())
+
+    def final(result):
+        return result["final"]["median_rel_l1_physical/mean"]
+
+    a2a, rolled = out["all2all"]["horizon_default"], out["rollout"]["horizon_default"]
+    assert a2a["max_lead"] == 0.5 and a2a["final"]["step"] == 8  # trained on half the span: two jumps
+    assert out["ratios"]["final_step_rollout_vs_all2all_default"] == pytest.approx(final(rolled) / final(a2a))
+    splits = out["last_step_split"]
+    assert {"all2all", "rollout", "rollout_own_step", "all2all_jump_0.125"} <= set(splits)
+    assert splits["all2all"]["rolled_out"] == final(a2a) and splits["all2all"]["from_truth"] > 0
+    for part in splits.values():  # the solver continues the file's own states; the models' are off
+        assert part["solver_from_truth"] < 0.01 and part["solver_from_model"] > 0.01 and part["call_on_own_state"] > 0
+    assert out["own_step_rollout_vs_all2all_same_jump"] == pytest.approx(
+        final(out["rollout"]["horizon_own_step"]) / final(out["all2all"]["horizon_by_jump"]["0.125"])
+    )
+    assert (tmp_path / "lh.png").exists()
