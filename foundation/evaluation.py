@@ -399,10 +399,10 @@ def horizon(
                 restarts.setdefault(start, []).append(float(torch.nanmean(error)))
                 if evolve is not None:
                     duration = float(times[last] - times[start])
-                    truth = convert(items[-1]["labels"][None].to(device))
+                    end = convert(items[-1]["labels"][None].to(device))
                     own = evolve(convert(preds[start - 1]), duration, config)
                     true = evolve(convert(items[start - 1]["labels"][None].to(device)), duration, config)
-                    pairs = {"solver_from_model": (own, truth), "solver_from_truth": (true, truth)}
+                    pairs = {"solver_from_model": (own, end), "solver_from_truth": (true, end)}
                     pairs["call_on_own_state"] = (convert(preds[-1]), own)
                     for name, (guess, reference) in pairs.items():
                         error = per_sample_errors(guess, reference, config, mask)

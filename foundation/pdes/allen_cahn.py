@@ -33,10 +33,10 @@ def step(u: torch.Tensor, k2: torch.Tensor, eps: float, dt: float, n_steps: int)
     return u
 
 
-def advance(u: torch.Tensor, duration: float, k2: torch.Tensor, eps: float, dt: float) -> torch.Tensor:
-    """`u` [B, n, n] after `duration`, in equal sub-steps of at most `dt`."""
+def advance(u: torch.Tensor, duration: float, k2: torch.Tensor, eps: float, dt: float) -> tuple[torch.Tensor, int]:
+    """`u` [B, n, n] after `duration`, in equal sub-steps of at most `dt`: (u, sub-steps)."""
     n_sub = max(1, math.ceil(duration / dt - 1e-9))
-    return step(u, k2, eps, duration / n_sub, n_sub)
+    return step(u, k2, eps, duration / n_sub, n_sub), n_sub
 
 
 def evolve(
@@ -45,7 +45,7 @@ def evolve(
     """The solver continued from given states `fields` [B, 1, n, n] (physical u) for `duration`, as `simulate`
     steps (float64 inside): what the true dynamics make of, say, a model's prediction."""
     kx, ky = wavenumbers(fields.shape[-1], fields.device, torch.float64)
-    u = advance(fields[:, 0].double(), duration, kx**2 + ky**2, eps, dt)
+    u, _ = advance(fields[:, 0].double(), duration, kx**2 + ky**2, eps, dt)
     return u[:, None].to(fields.dtype)
 
 
@@ -85,8 +85,8 @@ def simulate(
     times = np.linspace(0.0, t_end, snapshots) if snapshots > 1 else np.zeros(1)
     frames, steps, t = [u], 0, 0.0
     for target in times[1:]:
-        steps += max(1, math.ceil((target - t) / dt - 1e-9))
-        u, t = advance(u, target - t, k2, eps, dt), float(target)
+        u, n_sub = advance(u, target - t, k2, eps, dt)
+        steps, t = steps + n_sub, float(target)
         frames.append(u)
     fields = torch.stack(frames, dim=1)[:, :, None].float().cpu()
     return Trajectories(
