@@ -329,6 +329,7 @@ def horizon(
     max_lead: float | None = None,
     device: torch.device | str = "cpu",
     solver: bool = False,
+    batch_size: int = 16,
 ) -> dict:
     """Rollouts from the first snapshot to the end of each trajectory (past the training window), physical fields.
 
@@ -350,6 +351,8 @@ def horizon(
     the state it was fed, to set beside `final_from_truth` (the same call on the true state); rollout training is
     for the excess of the first over the second. And from the stored state (`final_solver_from_truth`, a check:
     about 0).
+
+    Trajectories roll out `batch_size` at a time (one batched call per step, as a GPU wants them).
     """
     config = model.config
     convert = to_physical(config)
@@ -378,35 +381,40 @@ def horizon(
         pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
         last = len(part.snapshots) - 1
         evolve = _solver(part.source) if solver else None
-        for slot in range(min(trajectories, len(part.trajectories))):
-            base = slot * len(part.pattern)
-            items = [data.item(0, base + pattern[(0, j)]) for j in range(1, last + 1)]
-            x = items[0]["pixel_values"][None].to(device)
-            mask = items[0]["channel_mask"][None].to(device)
-            preds = rollout_predictions(model, x, lead, last, strategy, max_lead, mask, config)
-            for j, (item, pred) in enumerate(zip(items, preds), start=1):
-                truth, guess = convert(item["labels"][None].to(device)), convert(pred)
-                errors.setdefault(j, []).append(float(torch.nanmean(per_sample_errors(guess, truth, config, mask))))
+        slots = list(range(min(trajectories, len(part.trajectories))))
+        for chunk in (slots[i : i + batch_size] for i in range(0, len(slots), batch_size)):
+            bases = [slot * len(part.pattern) for slot in chunk]
+            first = _pairs(data, [b + pattern[(0, 1)] for b in bases], device)
+            mask = first["channel_mask"]
+            present = (mask > 0).double()
+            preds = rollout_predictions(model, first["pixel_values"], lead, last, strategy, max_lead, mask, config)
+            labels = {
+                j: _pairs(data, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(1, last + 1)
+            }
+            for j, pred in enumerate(preds, start=1):
+                truth, guess = convert(labels[j]), convert(pred)
+                errors.setdefault(j, []).extend(_per_sample(per_sample_errors(guess, truth, config, mask)))
                 energy = guess.double().square().sum((-2, -1)) / truth.double().square().sum((-2, -1)).clamp_min(1e-30)
-                drift.setdefault(j, []).append(float((energy[mask > 0] - 1).mean()))
+                drift.setdefault(j, []).extend((((energy - 1) * present).sum(1) / present.sum(1)).tolist())
                 leads[j] = j * lead
-            start = _last_call_input(last, lead, strategy, max_lead)
-            if start is not None and 0 < start < last:
-                item = data.item(0, base + pattern[(start, last)])
-                time = torch.tensor([(last - start) * lead], device=device)  # the model's time scale, as above
-                pred = convert(model(pixel_values=item["pixel_values"][None].to(device), time=time).output)
-                error = per_sample_errors(pred, convert(item["labels"][None].to(device)), config, mask)
-                restarts.setdefault(start, []).append(float(torch.nanmean(error)))
-                if evolve is not None:
-                    duration = float(times[last] - times[start])
-                    end = convert(items[-1]["labels"][None].to(device))
-                    own = evolve(convert(preds[start - 1]), duration, config)
-                    true = evolve(convert(items[start - 1]["labels"][None].to(device)), duration, config)
-                    pairs = {"solver_from_model": (own, end), "solver_from_truth": (true, end)}
-                    pairs["call_on_own_state"] = (convert(preds[-1]), own)
-                    for name, (guess, reference) in pairs.items():
-                        error = per_sample_errors(guess, reference, config, mask)
-                        continued[name].setdefault(start, []).append(float(torch.nanmean(error)))
+            start = _last_call_input(last, lead, strategy, max_lead)  # (after rollout_predictions checked max_lead)
+            if start is None or not 0 < start < last:
+                continue
+            restart = _pairs(data, [b + pattern[(start, last)] for b in bases], device)
+            time = torch.full((len(chunk),), (last - start) * lead, device=device)  # the model's time scale, as above
+            pred = convert(model(pixel_values=restart["pixel_values"], time=time).output)
+            error = per_sample_errors(pred, convert(restart["labels"]), config, mask)
+            restarts.setdefault(start, []).extend(_per_sample(error))
+            if evolve is not None:
+                duration = float(times[last] - times[start])
+                own = evolve(convert(preds[start - 1]), duration, config)
+                true = evolve(convert(labels[start]), duration, config)
+                end = convert(labels[last])
+                pairs = {"solver_from_model": (own, end), "solver_from_truth": (true, end)}
+                pairs["call_on_own_state"] = (convert(preds[-1]), own)
+                for name, (guess, reference) in pairs.items():
+                    error = per_sample_errors(guess, reference, config, mask)
+                    continued[name].setdefault(start, []).extend(_per_sample(error))
     if not errors:
         return {}
     steps = sorted(errors)
@@ -435,6 +443,19 @@ def horizon(
         if steps[-1] >= first:
             result["windows"][f"{first}-{end}"] = float(np.mean(inside))
     return result
+
+
+def _pairs(data, rows: list[int], device) -> dict[str, Tensor]:
+    """Items `rows` of `data`'s first part, stacked: inputs, labels and channel masks."""
+    items = [data.item(0, row) for row in rows]
+    return {
+        key: torch.stack([item[key] for item in items]).to(device) for key in ("pixel_values", "labels", "channel_mask")
+    }
+
+
+def _per_sample(errors: Tensor) -> list[float]:
+    """The mean over channel groups of (B, G) errors, per sample (groups a sample lacks left out)."""
+    return torch.nanmean(errors, dim=1).tolist()
 
 
 def _solver(source) -> Callable[[Tensor, float, object], Tensor] | None:
