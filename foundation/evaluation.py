@@ -268,7 +268,13 @@ def rollout_predictions(
 
 @torch.no_grad()
 def rollout(
-    model, data, trajectories: int, space: str, device: torch.device | str = "cpu", config=None
+    model,
+    data,
+    trajectories: int,
+    space: str,
+    device: torch.device | str = "cpu",
+    config=None,
+    batch_size: int = 16,
 ) -> dict[str, dict[str, float]]:
     """Direct (one call per lead time) vs autoregressive (one call per snapshot interval, outputs fed back as
     inputs) predictions from the first snapshot of the first `trajectories` trajectories of each time-dependent
@@ -276,7 +282,7 @@ def rollout(
 
     Static inputs stay as they are; channels a sample lacks keep their fill. Empty when the outputs cannot be fed
     back (an output the model does not take as input), or no part has the (0, j) and (j-1, j) pairs it needs.
-    `config` as in `pair_errors`.
+    `config` as in `pair_errors`. Trajectories roll out `batch_size` at a time.
     """
     config = config or model.config
     feed = feedable(config)
@@ -292,22 +298,21 @@ def rollout(
         last = len(part.snapshots) - 1
         if not all((0, j) in pattern and (j - 1, j) in pattern for j in range(1, last + 1)):
             continue
-        for slot in range(min(trajectories, len(part.trajectories))):
-            base = slot * len(part.pattern)
-            first = data.item(k, base + pattern[(0, 1)])
-            x = first["pixel_values"][None].to(device)
-            mask = first["channel_mask"][None].to(device)
+        for bases in _trajectory_batches(part, trajectories, batch_size):
+            first = _pairs(data, k, [b + pattern[(0, 1)] for b in bases], device)
+            x, mask = first["pixel_values"], first["channel_mask"]
             for j in range(1, last + 1):
-                target = data.item(k, base + pattern[(0, j)])
-                step = data.item(k, base + pattern[(j - 1, j)])
-                truth = convert(target["labels"][None].to(device))
-                once = model(pixel_values=target["pixel_values"][None].to(device), time=target["time"][None].to(device))
-                y = model(pixel_values=x, time=step["time"][None].to(device)).output
+                target = _pairs(data, k, [b + pattern[(0, j)] for b in bases], device)
+                step = _pairs(data, k, [b + pattern[(j - 1, j)] for b in bases], device)
+                once = model(pixel_values=target["pixel_values"], time=target["time"]).output
+                y = model(pixel_values=x, time=step["time"]).output
                 x = feed_back(x, y, feed, mask)
-                lead = round(float(target["time"]), 3)
-                for store, pred in ((direct, once.output), (chained, y)):
-                    errors = per_sample_errors(convert(pred), truth, config, mask)
-                    store.setdefault(lead, []).append(float(torch.nanmean(errors)))
+                lead = round(float(target["time"][0]), 3)
+                truth = convert(target["labels"])
+                for store, pred in ((direct, once), (chained, y)):
+                    store.setdefault(lead, []).extend(
+                        _per_sample(per_sample_errors(convert(pred), truth, config, mask))
+                    )
     return {
         f"{t:.3f}": {"direct": float(np.median(direct[t])), "autoregressive": float(np.median(chained[t]))}
         for t in sorted(direct)
@@ -381,15 +386,13 @@ def horizon(
         pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
         last = len(part.snapshots) - 1
         evolve = _solver(part.source) if solver else None
-        slots = list(range(min(trajectories, len(part.trajectories))))
-        for chunk in (slots[i : i + batch_size] for i in range(0, len(slots), batch_size)):
-            bases = [slot * len(part.pattern) for slot in chunk]
-            first = _pairs(data, [b + pattern[(0, 1)] for b in bases], device)
+        for bases in _trajectory_batches(part, trajectories, batch_size):
+            first = _pairs(data, 0, [b + pattern[(0, 1)] for b in bases], device)
             mask = first["channel_mask"]
             present = (mask > 0).double()
             preds = rollout_predictions(model, first["pixel_values"], lead, last, strategy, max_lead, mask, config)
             labels = {
-                j: _pairs(data, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(1, last + 1)
+                j: _pairs(data, 0, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(1, last + 1)
             }
             for j, pred in enumerate(preds, start=1):
                 truth, guess = convert(labels[j]), convert(pred)
@@ -400,8 +403,8 @@ def horizon(
             start = _last_call_input(last, lead, strategy, max_lead)  # (after rollout_predictions checked max_lead)
             if start is None or not 0 < start < last:
                 continue
-            restart = _pairs(data, [b + pattern[(start, last)] for b in bases], device)
-            time = torch.full((len(chunk),), (last - start) * lead, device=device)  # the model's time scale, as above
+            restart = _pairs(data, 0, [b + pattern[(start, last)] for b in bases], device)
+            time = torch.full((len(bases),), (last - start) * lead, device=device)  # the model's time scale, as above
             pred = convert(model(pixel_values=restart["pixel_values"], time=time).output)
             error = per_sample_errors(pred, convert(restart["labels"]), config, mask)
             restarts.setdefault(start, []).extend(_per_sample(error))
@@ -445,12 +448,17 @@ def horizon(
     return result
 
 
-def _pairs(data, rows: list[int], device) -> dict[str, Tensor]:
-    """Items `rows` of `data`'s first part, stacked: inputs, labels and channel masks."""
-    items = [data.item(0, row) for row in rows]
-    return {
-        key: torch.stack([item[key] for item in items]).to(device) for key in ("pixel_values", "labels", "channel_mask")
-    }
+def _trajectory_batches(part, trajectories: int, batch_size: int) -> list[list[int]]:
+    """Where the pairs of each of the first `trajectories` trajectories of `part` start, `batch_size` at a time."""
+    bases = [slot * len(part.pattern) for slot in range(min(trajectories, len(part.trajectories)))]
+    return [bases[i : i + batch_size] for i in range(0, len(bases), batch_size)]
+
+
+def _pairs(data, part: int, rows: list[int], device) -> dict[str, Tensor]:
+    """Items `rows` of `data`'s part `part`, stacked: inputs, labels, lead times and channel masks."""
+    items = [data.item(part, row) for row in rows]
+    keys = ("pixel_values", "labels", "time", "channel_mask")
+    return {key: torch.stack([item[key] for item in items]).to(device) for key in keys}
 
 
 def _per_sample(errors: Tensor) -> list[float]:
