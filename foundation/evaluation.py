@@ -302,7 +302,7 @@ def rollout(
             first = _pairs(data, k, [b + pattern[(0, 1)] for b in bases], device)
             x, mask = first["pixel_values"], first["channel_mask"]
             for j in range(1, last + 1):
-                target = _pairs(data, k, [b + pattern[(0, j)] for b in bases], device)
+                target = first if j == 1 else _pairs(data, k, [b + pattern[(0, j)] for b in bases], device)
                 step = _pairs(data, k, [b + pattern[(j - 1, j)] for b in bases], device)
                 once = model(pixel_values=target["pixel_values"], time=target["time"]).output
                 y = model(pixel_values=x, time=step["time"]).output
@@ -385,15 +385,16 @@ def horizon(
         lead = float(spacing[0] / config.time_scale)
         pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
         last = len(part.snapshots) - 1
-        evolve = _solver(part.source) if solver else None
+        evolve = _solver(part.source, config) if solver else None
         for bases in _trajectory_batches(part, trajectories, batch_size):
             first = _pairs(data, 0, [b + pattern[(0, 1)] for b in bases], device)
             mask = first["channel_mask"]
             present = (mask > 0).double()
             preds = rollout_predictions(model, first["pixel_values"], lead, last, strategy, max_lead, mask, config)
-            labels = {
-                j: _pairs(data, 0, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(1, last + 1)
-            }
+            labels = {1: first["labels"]}  # the other snapshots' truths, read once per batch
+            labels.update(
+                {j: _pairs(data, 0, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(2, last + 1)}
+            )
             for j, pred in enumerate(preds, start=1):
                 truth, guess = convert(labels[j]), convert(pred)
                 errors.setdefault(j, []).extend(_per_sample(per_sample_errors(guess, truth, config, mask)))
@@ -410,8 +411,8 @@ def horizon(
             restarts.setdefault(start, []).extend(_per_sample(error))
             if evolve is not None:
                 duration = float(times[last] - times[start])
-                own = evolve(convert(preds[start - 1]), duration, config)
-                true = evolve(convert(labels[start]), duration, config)
+                own = evolve(convert(preds[start - 1]), duration)
+                true = evolve(convert(labels[start]), duration)
                 end = convert(labels[last])
                 pairs = {"solver_from_model": (own, end), "solver_from_truth": (true, end)}
                 pairs["call_on_own_state"] = (convert(preds[-1]), own)
@@ -466,8 +467,8 @@ def _per_sample(errors: Tensor) -> list[float]:
     return torch.nanmean(errors, dim=1).tolist()
 
 
-def _solver(source) -> Callable[[Tensor, float, object], Tensor] | None:
-    """`evolve(fields, duration, config)`: the generating solver of a file `foundation.pdes` wrote, with the PDE
+def _solver(source, config) -> Callable[[Tensor, float], Tensor] | None:
+    """`evolve(fields, duration)`: the generating solver of a file `foundation.pdes` wrote, with the PDE
     parameters it recorded, on physical fields in the model's output channels; None for other files."""
     info = source.info
     if not str(info.provenance.get("solver", "")).startswith("foundation.pdes"):
@@ -478,9 +479,9 @@ def _solver(source) -> Callable[[Tensor, float, object], Tensor] | None:
     if family is None or family.evolve is None:
         return None
     params = {k: v for k, v in info.pde.items() if k not in ("id", "t_end")}
+    index = [config.output_channel_names.index(c) for c in info.channel_names]
 
-    def evolve(fields: Tensor, duration: float, config) -> Tensor:
-        index = [config.output_channel_names.index(c) for c in info.channel_names]
+    def evolve(fields: Tensor, duration: float) -> Tensor:
         out = fields.clone()  # channels the file lacks keep the prediction (masked out of the error)
         out[:, index] = family.evolve(fields[:, index], duration, **params).to(fields.dtype)
         return out
