@@ -194,6 +194,24 @@ def test_generate_is_reproducible_and_records_its_metadata(tmp_path: Path):
     assert source.info.time_scale == 1.0 and source.info.splits["train"] == (0, 3)
 
 
+def test_generate_burn_in_stores_the_later_snapshots_of_the_same_simulation(tmp_path: Path):
+    # t_start: the solver runs from t = 0 on the same time grid, and only [t_start, t_start + t_end] is stored
+    full = generate("ns-kf", 2, 16, tmp_path / "full.h5", snapshots=5, seed=1, progress=False, t_end=0.2)
+    late = generate("ns-kf", 2, 16, tmp_path / "late.h5", snapshots=3, seed=1, progress=False, t_end=0.1, t_start=0.1)
+    with h5py.File(full) as ff, h5py.File(late) as fl:
+        assert np.array_equal(fl["fields"][...], ff["fields"][:, 2:])
+        assert np.array_equal(fl["static"][...], ff["static"][...])
+    info = open_source(late).info
+    np.testing.assert_allclose(info.times, [0.0, 0.05, 0.1], atol=1e-12)
+    assert info.time_scale == pytest.approx(0.1) and info.pde["t_start"] == 0.1
+    assert info.provenance["settings"]["burn_in_snapshots"] == 2
+    with pytest.raises(UnstableSettings, match="t_start=0.07 is not a multiple of the snapshot spacing 0.05"):
+        generate("ns-kf", 1, 16, tmp_path / "x.h5", snapshots=3, progress=False, t_end=0.1, t_start=0.07)
+    with pytest.raises(UnstableSettings, match="t_start"):
+        generate("poisson-gauss", 1, 16, tmp_path / "y.h5", progress=False, t_start=0.5)
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
+
+
 def test_generate_refuses_to_overwrite_and_leaves_nothing_when_killed(tmp_path: Path):
     out = tmp_path / "d.h5"
     generate("allen-cahn", 2, 16, out, snapshots=2, progress=False, eps=0.1)

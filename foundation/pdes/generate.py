@@ -52,7 +52,10 @@ def generate(
         batches: Only these batches of the request, in this order (a shard of `foundation.pdes.shards`); the file
             then holds their trajectories only.
         provenance: Extra provenance entries.
-        params: PDE parameters overriding the family's defaults (e.g. viscosity=1e-3).
+        params: PDE parameters overriding the family's defaults (e.g. viscosity=1e-3); `t_end` (the stored
+            span) and `t_start` (a burn-in: the solver runs from t = 0 but stores the snapshots of [t_start,
+            t_start + t_end], times shifted to start at 0; a multiple of the snapshot spacing), for trajectories
+            past an initial transient, e.g. a forced flow nearer its statistically steady state.
     """
     from . import get_family
 
@@ -63,10 +66,11 @@ def generate(
     snapshots = (1 if family.steady else 21) if snapshots is None else snapshots
     if n < 1 or batch < 1:
         raise UnstableSettings(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
-    unknown = set(params) - set(family.params) - {"t_end", "dtype"}
+    unknown = set(params) - set(family.params) - {"t_end", "t_start", "dtype"}
     if unknown:
         raise UnstableSettings(f"{family_id}: unknown parameters {sorted(unknown)}; known: {sorted(family.params)}")
     merged = {**family.params, **params}
+    skipped = _burn_in(family, snapshots, merged)  # snapshots simulated before the stored ones
     count = -(-n // batch)
     batches = list(range(count)) if batches is None else batches
     if not batches or any(not 0 <= b < count for b in batches):
@@ -77,7 +81,7 @@ def generate(
     try:
         for b, size in zip(batches, sizes):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + b)
-            result = family.simulate(size, resolution, snapshots, generator, device, **merged)
+            result = _simulate(family, size, resolution, snapshots, generator, device, skipped, merged)
             if writer is None:  # the first batch fixes times and settings
                 writer = H5TrajectoryWriter(
                     out,
@@ -118,3 +122,38 @@ def generate(
         bar.close()
     writer.meta["provenance"]["seconds"] = round(time.time() - start, 2)
     return writer.close()
+
+
+def _burn_in(family, snapshots: int, params: dict[str, Any]) -> int:
+    """How many snapshots of spacing t_end / (snapshots - 1) fit in the burn-in `t_start` (0 without one);
+    UnstableSettings naming it if it is negative, not such a multiple, or asked of a steady family."""
+    t_start = float(params.get("t_start", 0.0))
+    if t_start == 0.0:
+        params.pop("t_start", None)
+        return 0
+    if family.steady or snapshots < 2 or t_start < 0:
+        raise UnstableSettings(
+            f"{family.id}: t_start={t_start} needs an unsteady family, snapshots >= 2 and t_start >= 0"
+        )
+    spacing = float(params.get("t_end", family.t_end)) / (snapshots - 1)
+    skipped = round(t_start / spacing)
+    if abs(skipped * spacing - t_start) > 1e-9 * max(1.0, t_start):
+        raise UnstableSettings(
+            f"{family.id}: t_start={t_start} is not a multiple of the snapshot spacing {spacing:.6g} "
+            "(t_end / (snapshots - 1)); the stored times would not continue the solver's grid"
+        )
+    return skipped
+
+
+def _simulate(family, size, resolution, snapshots, generator, device, skipped: int, params: dict[str, Any]):
+    """`family.simulate`, with a burn-in of `skipped` snapshots run on the same time grid and dropped."""
+    if not skipped:
+        return family.simulate(size, resolution, snapshots, generator, device, **params)
+    params = dict(params)
+    t_start, t_end = params.pop("t_start"), float(params.get("t_end", family.t_end))
+    params["t_end"] = t_start + t_end
+    result = family.simulate(size, resolution, snapshots + skipped, generator, device, **params)
+    result.fields = result.fields[:, skipped:].contiguous()
+    result.times = result.times[skipped:] - result.times[skipped]
+    result.settings = {**result.settings, "burn_in_snapshots": skipped}
+    return result
