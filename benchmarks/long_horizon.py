@@ -22,7 +22,8 @@ error; that of its last call made from the true state (`from_truth`); and, for f
 exact solver continued from the model's own state at that input time (`solver_from_model`: what a perfect last
 call would still miss, the input's error carried by the true dynamics) and the last call against that
 continuation (`call_on_own_state`: its own error on the state it was fed; rollout training is for its excess
-over `from_truth`, the same call's error on the true state). Prints and writes JSON.
+over `from_truth`, the same call's error on the true state). `persistence_last_step`: the first snapshot held
+(a model above it has no skill there). Prints and writes JSON.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def main() -> None:
         keys = ("from_truth", "solver_from_model", "call_on_own_state", "solver_from_truth")
         return {"rolled_out": final(result), **{key: result.get(f"final_{key}", {}).get(HEADLINE) for key in keys}}
 
+    # Holding the first snapshot: the reference both models must beat before their ratio means anything.
+    out["persistence_last_step"] = out["all2all"]["horizon_default"]["final"].get("persistence")
     splits = out["last_step_split"] = {"all2all": split(out["all2all"]["horizon_default"])}
     shown = [best] + ([f"{step:g}"] if step and f"{step:g}" in by_jump and f"{step:g}" != best else [])
     for jump in shown:  # its best jump, and the rollout model's own step

@@ -14,8 +14,9 @@ Writes `evaluation.json` and PNG plots (`samples.png`, `rollout.png`, `spectra.p
 
 `--horizon` trains and evaluates nothing else: it rolls the model out from the first snapshot to the end of each
 trajectory (longer than the training window, e.g. files of twice the span) and writes `horizon.json` and
-`horizon.png`: error and spectral energy drift against step, The Well's windows (steps 6-12, 13-30), the last step
-and its split (the last call from the true state). `--solver`, for files our solvers wrote: also the true dynamics
+`horizon.png`: error and spectral energy drift against step beside persistence (the first snapshot held: a model
+above it has no skill), The Well's windows (steps 6-12, 13-30), the last step and its split (the last call from
+the true state). `--solver`, for files our solvers wrote: also the true dynamics
 continued from the rollout's own state at the last call's input, and the last call's error against it: is the
 long-horizon error the model's compounding (what rollout training can take away) or the physics carrying an
 early error?

@@ -357,12 +357,16 @@ def horizon(
     for the excess of the first over the second. And from the stored state (`final_solver_from_truth`, a check:
     about 0).
 
+    `persistence`: the same error for the first snapshot held unchanged (the reference every forecast must beat:
+    a model above it at a step has no skill there), per step, where the model's outputs are among its inputs.
+
     Trajectories roll out `batch_size` at a time (one batched call per step, as a GPU wants them).
     """
     config = model.config
     convert = to_physical(config)
     max_lead = default_jump(config) if max_lead is None else max_lead
     errors: dict[int, list[float]] = {}
+    held: dict[int, list[float]] = {}  # persistence: the first snapshot held
     drift: dict[int, list[float]] = {}
     leads: dict[int, float] = {}
     restarts: dict[int, list[float]] = {}  # last step from the true input of its last call, by that input's step
@@ -391,6 +395,7 @@ def horizon(
             mask = first["channel_mask"]
             present = (mask > 0).double()
             preds = rollout_predictions(model, first["pixel_values"], lead, last, strategy, max_lead, mask, config)
+            initial = _held_state(config, first["pixel_values"])
             labels = {1: first["labels"]}  # the other snapshots' truths, read once per batch
             labels.update(
                 {j: _pairs(data, 0, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(2, last + 1)}
@@ -398,6 +403,8 @@ def horizon(
             for j, pred in enumerate(preds, start=1):
                 truth, guess = convert(labels[j]), convert(pred)
                 errors.setdefault(j, []).extend(_per_sample(per_sample_errors(guess, truth, config, mask)))
+                if initial is not None:
+                    held.setdefault(j, []).extend(_per_sample(per_sample_errors(initial, truth, config, mask)))
                 energy = guess.double().square().sum((-2, -1)) / truth.double().square().sum((-2, -1)).clamp_min(1e-30)
                 drift.setdefault(j, []).extend((((energy - 1) * present).sum(1) / present.sum(1)).tolist())
                 leads[j] = j * lead
@@ -435,6 +442,9 @@ def horizon(
         "final": {"step": steps[-1], "lead_time": leads[steps[-1]], "median_rel_l1_physical/mean": curve[-1]},
         "windows": {},
     }
+    if held:
+        result["persistence"] = [float(np.median(held[j])) for j in steps]
+        result["final"]["persistence"] = result["persistence"][-1]
     if len(restarts) == 1:  # one input step for every source (sources of one length and spacing)
         ((start, values),) = restarts.items()
         result["final_from_truth"] = {"input_step": start, "median_rel_l1_physical/mean": float(np.median(values))}
@@ -447,6 +457,17 @@ def horizon(
         if steps[-1] >= first:
             result["windows"][f"{first}-{end}"] = float(np.mean(inside))
     return result
+
+
+def _held_state(config, x: Tensor) -> Tensor | None:
+    """The evolving channels of the normalised inputs `x`, physical, as output channels (None when an output is
+    not an input): what persistence predicts at every step."""
+    feed = feedable(config)
+    if feed is None:
+        return None
+    mean = torch.tensor(config.input_mean, dtype=x.dtype, device=x.device)[feed]
+    std = torch.tensor(config.input_std, dtype=x.dtype, device=x.device)[feed]
+    return x[:, feed.to(x.device)] * std[:, None, None] + mean[:, None, None]
 
 
 def _trajectory_batches(part, trajectories: int, batch_size: int) -> list[list[int]]:

@@ -85,11 +85,15 @@ def horizon_plot(curves: dict[str, dict], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (err, drift) = plt.subplots(1, 2, figsize=(9, 3.5))
-    window = None
+    window, held = None, None
     for label, result in curves.items():
         err.plot(result["lead_time"], result["median_rel_l1_physical/mean"], "o-", ms=3, label=label)
         drift.plot(result["lead_time"], result["energy_drift"], "o-", ms=3, label=label)
         window = window or result.get("trained_max_lead")
+        if held is None and "persistence" in result:
+            held = (result["lead_time"], result["persistence"])
+    if held:  # the same for every model of one data set: drawn once
+        err.plot(*held, ":", color="black", lw=1, label="persistence (first snapshot held)")
     for ax in (err, drift):
         if window:
             ax.axvline(window, color="grey", ls="--", lw=1)

@@ -384,6 +384,18 @@ def test_horizon_splits_the_last_error_into_the_last_calls_own_and_what_feeding_
         assert own == pytest.approx(np.median(errors), rel=1e-4)
         assert own != result["final"]["median_rel_l1_physical/mean"]  # the rollout's input was not the truth
 
+    # persistence: the first snapshot held, against every later one (in physical units, whatever the scaling)
+    def read(traj: int, k: int) -> torch.Tensor:
+        return torch.from_numpy(source.read(traj, k))[None]
+
+    trajectories = source.split("train")[:2]
+    held = [
+        np.median([float(per_sample_errors(read(t, 0), read(t, j), model.config).mean()) for t in trajectories])
+        for j in range(1, 9)
+    ]
+    assert result["persistence"] == pytest.approx(held, rel=1e-4)
+    assert result["final"]["persistence"] == result["persistence"][-1]
+
 
 def test_horizon_continues_the_true_dynamics_from_the_rollouts_own_state(tmp_path):
     import shutil
@@ -466,6 +478,7 @@ def test_long_horizon_benchmark_compares_two_runs_and_splits_their_last_steps(ba
     splits = out["last_step_split"]
     assert {"all2all", "rollout", "rollout_own_step", "all2all_jump_0.125"} <= set(splits)
     assert splits["all2all"]["rolled_out"] == final(a2a) and splits["all2all"]["from_truth"] > 0
+    assert out["persistence_last_step"] == a2a["final"]["persistence"] == rolled["final"]["persistence"] > 0
     for part in splits.values():  # the solver continues the file's own states; the models' are off
         assert part["solver_from_truth"] < 0.01 and part["solver_from_model"] > 0.01 and part["call_on_own_state"] > 0
     assert out["own_step_rollout_vs_all2all_same_jump"] == pytest.approx(
