@@ -118,6 +118,14 @@ class FinetuneArguments(LoraOptions, RefinerOptions, FnoOptions):
     from_scratch: bool = field(
         default=False, metadata={"help": "Same architecture as --init_from, randomly initialised (baseline)."}
     )
+    learn_residual: bool = field(
+        default=False,
+        metadata={
+            "help": "Predict the change over the lead time: the output is the input's evolving fields plus the "
+            "model's (the reference's learn_residual), with the output projection started at zero, so the model "
+            "starts as persistence and learns the increment (scOT strategies; kept in the exported config)."
+        },
+    )
     head_learning_rate: float = field(default=5e-4, metadata={"help": "Embedding and recovery lr (full, lora)."})
     norm_learning_rate: float = field(default=5e-4, metadata={"help": "Time-conditioned norms' lr (full)."})
     head_warmup_steps: int = field(
@@ -199,6 +207,8 @@ def check(tune: FinetuneArguments, model: ModelArguments | None = None, train: T
         raise OptionError(
             "from_scratch", f"trains every weight; --strategy {tune.strategy} freezes most of a random model"
         )
+    if tune.learn_residual and tune.strategy == "fno":
+        raise OptionError("learn_residual", "is an scOT option; --strategy fno trains neuraloperator's FNO")
     if tune.head_warmup_steps and (tune.strategy != "full" or tune.from_scratch):
         raise OptionError("head_warmup_steps", "holds a pretrained body: only for --strategy full, not from scratch")
     if train is not None and tune.head_warmup_steps and tune.head_warmup_steps >= train.max_steps:

@@ -135,3 +135,33 @@ def adapt_channels(
             for k, m in out_map:
                 mixup.weight[i, k] = state["patch_recovery.mixup.weight"][j, m]
     return new
+
+
+def predict_increments(model: ScOT) -> ScOT:
+    """The model with the reference's `learn_residual` on: its output is the (resampled) input's evolving channels
+    plus what the patch recovery makes, and the recovery's projection starts at zero, so at step 0 the model is
+    persistence (u(t + dt) = u(t)) and fine-tuning learns the increment. The pretrained projection decoded whole
+    fields, not their change over a lead time: kept, it would add a second copy of the state. A model that
+    already learns the residual (a checkpoint fine-tuned this way) is returned as it is.
+    """
+    config = model.config
+    if config.learn_residual:
+        return model
+    if not config.use_conditioning:
+        raise ValueError("--learn_residual needs a model with time-conditioned norms (use_conditioning), as in scOT")
+    ins, outs = config.channel_names[: config.num_out_channels], config.output_channel_names
+    if list(ins) != list(outs):
+        raise ValueError(
+            f"--learn_residual adds input channels {list(ins)} to outputs {list(outs)}: the first inputs must be "
+            "the outputs, in order"
+        )
+    if config.input_mean is not None and (
+        list(config.input_mean[: len(outs)]) != list(config.output_mean)
+        or list(config.input_std[: len(outs)]) != list(config.output_std)
+    ):
+        raise ValueError("--learn_residual needs the outputs normalised as the inputs they add to (same mean/std)")
+    config.learn_residual = True
+    with torch.no_grad():
+        model.patch_recovery.projection.weight.zero_()
+        model.patch_recovery.projection.bias.zero_()
+    return model

@@ -27,7 +27,7 @@ from . import refiner
 from .config import FinetuneArguments, check
 from .data import resolve_specs
 from .strategies import STRATEGIES
-from .surgery import adapt_channels
+from .surgery import adapt_channels, predict_increments
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int | float]:
@@ -75,6 +75,8 @@ class Finetuner(RunView):
         if tune.from_scratch:  # the same architecture and data description, none of the pretrained weights
             torch.manual_seed(train_args.seed)
             model = ScOT(model.config)
+        if tune.learn_residual:
+            model = predict_increments(model)
         model = self.strategy.prepare(model, base)
         self.parameters_info = count_parameters(model)  # before ZeRO-3 partitions the tensors
         groups = self.strategy.param_groups(model, train_args.learning_rate)

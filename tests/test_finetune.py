@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, multiprocess
 from safetensors.torch import load_file
 
 from finetune import load_model
-from finetune.config import FinetuneArguments
+from finetune.config import FinetuneArguments, check
 from finetune.data import parse_generator_spec
 from finetune.refiner import (
     NavierStokesResidual,
@@ -25,6 +25,7 @@ from finetune.refiner import (
     vorticity_residual,
 )
 from finetune.strategies import parameter_roles
+from finetune.surgery import predict_increments
 from finetune.trainer import Finetuner
 from foundation import ScOT, ScOTConfig
 from foundation.data import All2AllPairs, open_source
@@ -101,6 +102,32 @@ def test_full_strategy_uses_three_learning_rates_and_trains_everything(base_dir,
     assert result["parameters"]["trainable"] == result["parameters"]["total"]
     evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert evaluation["split"] == "test" and evaluation["median_rel_l1_physical/u"] > 0
+
+
+def test_learn_residual_starts_as_persistence_and_exports_a_model_that_keeps_it(base_dir, ac_file, tmp_path):
+    trainer = run(base_dir, ac_file, tmp_path, "full", steps=30, learn_residual=True)
+    model = trainer.model
+    pairs = All2AllPairs(open_source(ac_file), "val")
+    x = torch.stack([pairs[i]["pixel_values"] for i in range(4)])  # real fields (the model resamples them)
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    with torch.no_grad():  # step 0: the recovery's projection is zero, the output is the input's u
+        torch.testing.assert_close(model(pixel_values=x, time=t).output, x[:, :1], atol=1e-5, rtol=0)
+    assert model.config.learn_residual and not ScOT.from_pretrained(base_dir).config.learn_residual
+    trainer.train()
+    curve = losses(tmp_path)
+    assert np.mean(curve[-5:]) < 0.9 * np.mean(curve[:5])
+    exported = load_model(tmp_path / "model")
+    assert exported.config.learn_residual
+    with torch.no_grad():
+        out = exported(pixel_values=x, time=t).output
+        torch.testing.assert_close(out, trainer.model(pixel_values=x, time=t).output)
+        assert (out - x[:, :1]).abs().amax() > 1e-4  # an increment (step 0 met persistence within 1e-5)
+    assert exported.patch_recovery.projection.weight.abs().amax() > 0
+    with pytest.raises(ValueError, match=r"first inputs must be the outputs"):
+        names = dict(num_channels=2, num_out_channels=1, channel_names=["u", "v"], output_channel_names=["v"])
+        predict_increments(ScOT(ScOTConfig.from_preset("tiny", image_size=16, **names)))
+    with pytest.raises(ValueError, match="learn_residual is an scOT option"):
+        check(FinetuneArguments(strategy="fno", learn_residual=True))
 
 
 @pytest.mark.slow
