@@ -427,6 +427,9 @@ def _horizon_section(horizon: dict | None) -> str:
         "| median rel. L1 (%) | " + " | ".join(f"{curve[i]:.2f}" for i in picks) + " |",
         "| energy drift | " + " | ".join(f"{drift[i]:+.3f}" for i in picks) + " |",
     ]
+    held = horizon.get("persistence")
+    if held:  # the first snapshot held: where the model errs more, it has no skill
+        rows.insert(-1, "| persistence (%) | " + " | ".join(f"{held[i]:.2f}" for i in picks) + " |")
     windows = ", ".join(f"steps {k}: {v:.2f}%" for k, v in horizon.get("windows", {}).items())
     final = horizon["final"]
     last = final["median_rel_l1_physical/mean"]

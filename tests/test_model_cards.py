@@ -133,12 +133,14 @@ def test_card_and_release_carry_the_horizon_evaluation(run_dir: Path, tmp_path: 
         "final": {"step": 12, "lead_time": 1.2, "median_rel_l1_physical/mean": 13.0},
         "windows": {"6-12": 10.0},
         "final_from_truth": {"input_step": 7, "median_rel_l1_physical/mean": 4.5},
+        "persistence": [3.0 * j for j in range(1, 13)],
     }
     (run / "horizon").mkdir()
     (run / "horizon" / "horizon.json").write_text(json.dumps(horizon))
     card = render_model_card(collect_run(run), "me/scot-tiny-demo").content
     assert "### Past the training window (4 held-out trajectories, physical units)" in card
     assert "| median rel. L1 (%) | 2.00 | 4.00 | 6.00 | 9.00 | 11.00 | 13.00 |" in card
+    assert "| persistence (%) | 3.00 | 9.00 | 15.00 | 24.00 | 30.00 | 36.00 |\n| energy drift |" in card
     assert "trained on lead times up to 0.5" in card and "Last step (12, lead time 1.20): 13.00%" in card
     assert "steps 6-12: 10.00%" in card
     assert "from the true state at step 7: 4.50%; the other 8.50 points are what feeding" in card
