@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from foundation import ScOTConfig
+from foundation.evaluation import held_state
 from foundation.losses import relative_lp_loss
 from foundation.modeling_scot import ScOTOutput
 
@@ -109,16 +110,11 @@ class Persistence(nn.Module):
         missing = [c for c in config.output_channel_names if c not in config.channel_names]
         if missing:
             raise ValueError(f"persistence needs every output among the inputs; {missing} are not")
-        self.feed = [config.channel_names.index(c) for c in config.output_channel_names]
-        # inputs and outputs may be normalised with other statistics: go through physical units
-        mean, std = torch.tensor(config.input_mean), torch.tensor(config.input_std)
-        self.register_buffer("in_mean", mean[self.feed][:, None, None], persistent=False)
-        self.register_buffer("in_std", std[self.feed][:, None, None], persistent=False)
         self.register_buffer("out_mean", torch.tensor(config.output_mean)[:, None, None], persistent=False)
         self.register_buffer("out_std", torch.tensor(config.output_std)[:, None, None], persistent=False)
 
     def forward(self, pixel_values: Tensor, time: Tensor, labels=None, channel_mask=None, **_) -> ScOTOutput:
-        physical = pixel_values[:, self.feed].float() * self.in_std + self.in_mean
+        physical = held_state(self.config, pixel_values.float())  # through physical units: stats may differ
         out = (physical - self.out_mean) / self.out_std
         return ScOTOutput(loss=_loss(self.config, out, labels, channel_mask), output=out)
 

@@ -201,6 +201,18 @@ def feed_back(x: Tensor, y: Tensor, feed: Tensor, mask: Tensor | None = None) ->
     return x
 
 
+def held_state(config, x: Tensor) -> Tensor | None:
+    """Persistence's prediction: the evolving channels of the normalised inputs `x` (B, C_in, H, W) as the output
+    channels, in physical units (inputs and outputs may be normalised differently); None when an output is not an
+    input."""
+    feed = feedable(config)
+    if feed is None:
+        return None
+    mean = torch.tensor(config.input_mean, dtype=x.dtype, device=x.device)[feed]
+    std = torch.tensor(config.input_std, dtype=x.dtype, device=x.device)[feed]
+    return x[:, feed.to(x.device)] * std[:, None, None] + mean[:, None, None]
+
+
 def default_jump(config) -> float:
     """The lead time (model units) a "jump" rollout chains: the largest lead time of the model's training pairs
     (`max_lead_time`, recorded by our trainers), else 1 (all2all over whole trajectories). A rollout-trained model
@@ -395,7 +407,7 @@ def horizon(
             mask = first["channel_mask"]
             present = (mask > 0).double()
             preds = rollout_predictions(model, first["pixel_values"], lead, last, strategy, max_lead, mask, config)
-            initial = _held_state(config, first["pixel_values"])
+            initial = held_state(config, first["pixel_values"])
             labels = {1: first["labels"]}  # the other snapshots' truths, read once per batch
             labels.update(
                 {j: _pairs(data, 0, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(2, last + 1)}
@@ -457,17 +469,6 @@ def horizon(
         if steps[-1] >= first:
             result["windows"][f"{first}-{end}"] = float(np.mean(inside))
     return result
-
-
-def _held_state(config, x: Tensor) -> Tensor | None:
-    """The evolving channels of the normalised inputs `x`, physical, as output channels (None when an output is
-    not an input): what persistence predicts at every step."""
-    feed = feedable(config)
-    if feed is None:
-        return None
-    mean = torch.tensor(config.input_mean, dtype=x.dtype, device=x.device)[feed]
-    std = torch.tensor(config.input_std, dtype=x.dtype, device=x.device)[feed]
-    return x[:, feed.to(x.device)] * std[:, None, None] + mean[:, None, None]
 
 
 def _trajectory_batches(part, trajectories: int, batch_size: int) -> list[list[int]]:
