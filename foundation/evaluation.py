@@ -500,7 +500,7 @@ def _solver(source, config) -> Callable[[Tensor, float], Tensor] | None:
     family = FAMILIES.get(info.pde.get("id"))
     if family is None or family.evolve is None:
         return None
-    params = {k: v for k, v in info.pde.items() if k not in ("id", "t_end", "t_start")}
+    params = {k: v for k, v in info.pde.items() if k in family.params}  # not the span, burn-in or id
     index = [config.output_channel_names.index(c) for c in info.channel_names]
 
     def evolve(fields: Tensor, duration: float) -> Tensor:

@@ -129,7 +129,6 @@ def _burn_in(family, snapshots: int, params: dict[str, Any]) -> int:
     UnstableSettings naming it if it is negative, not such a multiple, or asked of a steady family."""
     t_start = float(params.get("t_start", 0.0))
     if t_start == 0.0:
-        params.pop("t_start", None)
         return 0
     if family.steady or snapshots < 2 or t_start < 0:
         raise UnstableSettings(
@@ -147,11 +146,11 @@ def _burn_in(family, snapshots: int, params: dict[str, Any]) -> int:
 
 def _simulate(family, size, resolution, snapshots, generator, device, skipped: int, params: dict[str, Any]):
     """`family.simulate`, with a burn-in of `skipped` snapshots run on the same time grid and dropped."""
+    params = {k: v for k, v in params.items() if k != "t_start"}  # the solvers know spans, not burn-ins
     if not skipped:
         return family.simulate(size, resolution, snapshots, generator, device, **params)
-    params = dict(params)
-    t_start, t_end = params.pop("t_start"), float(params.get("t_end", family.t_end))
-    params["t_end"] = t_start + t_end
+    spacing = float(params.get("t_end", family.t_end)) / (snapshots - 1)
+    params["t_end"] = spacing * (snapshots - 1 + skipped)
     result = family.simulate(size, resolution, snapshots + skipped, generator, device, **params)
     result.fields = result.fields[:, skipped:].contiguous()
     result.times = result.times[skipped:] - result.times[skipped]
