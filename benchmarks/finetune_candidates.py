@@ -68,8 +68,8 @@ def main() -> int:
     rest = [a for a in rest if a != "--"]
     from finetune.benchmark import BenchmarkArguments
     from finetune.benchmark import main as benchmark
-    from finetune.data import resolve_specs
     from foundation.data import open_source
+    from foundation.pdes.specs import resolve_specs
 
     recipe = yaml.safe_load(args.config.read_text())
     known = dict(BenchmarkArguments(tasks=recipe["benchmark"]["tasks"]).task_list())

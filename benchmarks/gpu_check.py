@@ -50,7 +50,7 @@ def part_model(cfg: argparse.Namespace) -> dict:
     import torch
 
     from foundation import ScOTConfig
-    from pretrain.trainer import peak_flops, train_flops_per_sample
+    from pretrain.flops import peak_flops, train_flops_per_sample
 
     device = torch.device(cfg.device)
     peaks = {p: peak_flops(device, p, None)[0] for p in ("bf16", "fp32")}

@@ -3,8 +3,8 @@
 The measurement of the long-horizon issue (ns-kf with its forcing at 64^2, files of twice the physical span, both
 models trained on the first half of the same files with equal optimizer steps):
 
-    python -c "from finetune.data import resolve_specs; resolve_specs(['pde:ns-kf:n=56,resolution=64,snapshots=21,\
-seed=21,val=8,test=16,t_end=2.0'], 'runs/horizon/data')"
+    python -c "from foundation.pdes.specs import resolve_specs; resolve_specs(['pde:ns-kf:n=56,resolution=64,\
+snapshots=21,seed=21,val=8,test=16,t_end=2.0'], 'runs/horizon/data')"
     COMMON="--init_from runs/pretrain-corpus-cpu/model --datasets runs/horizon/data/ns-kf-n56-r64-s21-seed21-val8-\
 test16-t_end2.0.h5 --max_snapshots 11 --strategy full --max_steps 500 --batch_size 16 --learning_rate 5e-4 \
 --warmup_steps 25 --eval_every 100 --tracker none --seed 0"

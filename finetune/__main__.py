@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from foundation.data import DataError
+from pretrain.build import setup_runtime
 from pretrain.loop import NonFiniteLoss, TrainState
-from pretrain.trainer import setup_runtime
 
 from .config import parse_args
 from .trainer import Finetuner

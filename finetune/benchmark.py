@@ -259,7 +259,7 @@ def run_trained_cell(
 
 def run_baseline_cell(spec: str, n: int, args: tuple, bench: BenchmarkArguments) -> dict:
     """Persistence (time-dependent) or the training mean of the first `n` trajectories (steady), on val and test."""
-    from pretrain.trainer import build_data
+    from pretrain.build import build_data
 
     from .baselines import Persistence, TrainingMean
     from .trainer import adapted_model
@@ -333,7 +333,7 @@ def cell(root: Path, task: str, method: str, spec: str, n: int, seed: int, lr: f
 def run_benchmark(model_args, data_args, train_args, tune, bench: BenchmarkArguments, log=print) -> dict:
     root = Path(train_args.output_dir)
     args = (model_args, data_args, train_args, tune)
-    from .data import resolve_specs
+    from foundation.pdes.specs import resolve_specs
 
     report: dict = {
         "metric": HEADLINE,
@@ -522,7 +522,7 @@ def cli(argv, extra: type, section: str, check_all, run, render, needs_datasets:
         classes, argv, sections=("finetune", section), check=check_all, needs_datasets=needs_datasets
     )
     try:
-        from pretrain.trainer import setup_runtime
+        from pretrain.build import setup_runtime
 
         setup_runtime()
         report = run(*parsed)

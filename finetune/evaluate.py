@@ -96,7 +96,7 @@ def evaluate_run(model_dir: Path, specs: list[str], data_args, tune, out_dir: Pa
 def _horizon_main(args) -> int:
     out = Path(args.out) if args.out else Path(args.model).with_name("horizon")
     try:
-        from .data import resolve_specs
+        from foundation.pdes.specs import resolve_specs
 
         specs = resolve_specs(args.datasets, out / "data")
         model = load_model(args.model)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return _horizon_main(args)
     out = Path(args.out) if args.out else Path(args.model).with_name("evaluation")
     try:
-        from .data import resolve_specs
+        from foundation.pdes.specs import resolve_specs
 
         specs = resolve_specs(args.datasets, out / "data")
         model = load_model(args.model)

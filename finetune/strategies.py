@@ -23,7 +23,7 @@ import torch
 from foundation import ScOT
 from foundation.compat import whole_weights_under_zero3
 from foundation.modeling_scot import ConditionalLayerNorm
-from pretrain.trainer import PreparedRun
+from pretrain.prepared import PreparedRun
 
 from . import lora, refiner
 from .config import FinetuneArguments

@@ -19,13 +19,14 @@ import torch
 from foundation import ScOT
 from foundation.compat import whole_weights_under_zero3
 from foundation.data import All2AllPairs, Mixture
+from foundation.pdes.specs import resolve_specs
+from pretrain.build import TrainData, build_accelerator, build_data
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
 from pretrain.loop import TrainState, run
-from pretrain.trainer import PreparedRun, RunView, TrainData, build_accelerator, build_data
+from pretrain.prepared import PreparedRun, RunView
 
 from . import refiner
 from .config import FinetuneArguments, check
-from .data import resolve_specs
 from .strategies import STRATEGIES
 from .surgery import adapt_channels, predict_increments
 

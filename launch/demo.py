@@ -34,8 +34,9 @@ from foundation import ScOT
 from foundation.evaluation import metric_key
 from foundation.pdes import generate
 from foundation.plots import field_rows
+from pretrain.build import setup_runtime
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
-from pretrain.trainer import Pretrainer, setup_runtime
+from pretrain.trainer import Pretrainer
 
 VAL = metric_key(space="normalised")  # pretraining's validation headline
 

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 
 from foundation.data import DataError
 
+from .build import setup_runtime
 from .config import parse_args
 from .loop import NonFiniteLoss, TrainState
-from .trainer import Pretrainer, setup_runtime
+from .trainer import Pretrainer
 
 
 def main(argv: list[str] | None = None, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> int:

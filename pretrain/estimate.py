@@ -74,7 +74,7 @@ class EstimateArguments:
 
 
 def forward_passes(args: EstimateArguments) -> int:
-    """Forward passes per step whose activations wait for the one backward (`pretrain.trainer.RolloutObjective`):
+    """Forward passes per step whose activations wait for the one backward (`pretrain.objectives.RolloutObjective`):
     the pair's (unless the rollout weight is 1), plus the rollout's last step (pushforward: the K - 1 before run
     without gradient) or all K (unrolled)."""
     if not args.rollout_steps:

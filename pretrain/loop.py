@@ -4,8 +4,8 @@
     result = run(parts, train_args)
 
 What the model is, which parameters train at which rate, how to evaluate and how to export are the caller's parts
-(`pretrain.trainer` builds them for pretraining, `finetune.trainer` for each fine-tuning strategy); the loop owns
-the cadence (log, evaluate, save), the non-finite policy and resumption.
+(`pretrain.prepared.PreparedRun` builds them, for pretraining and for each fine-tuning strategy); the loop owns the
+cadence (log, evaluate, save), the non-finite policy and resumption.
 
 No host synchronisation happens on a step that neither logs, evaluates, saves nor checks the non-finite streak:
 the loss, the non-finite flag and the skip decision stay on the device. A step whose loss is non-finite on any
@@ -69,7 +69,7 @@ class TrainParts:
         tag: Name in logs and trackers.
         run_args: Written to run_args.json (the configuration of the run).
         objective: loss = objective(model, micro_batch, step) (0-based optimizer step) instead of
-            `model(**micro_batch).loss`: rollout training (`pretrain.trainer.RolloutObjective`).
+            `model(**micro_batch).loss`: rollout training (`pretrain.objectives.RolloutObjective`).
     """
 
     accelerator: Any

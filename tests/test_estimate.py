@@ -55,7 +55,7 @@ def test_rollout_training_keeps_the_activations_the_estimate_counts(mode, steps,
     from foundation.modeling_scot import ScOT
     from pretrain.config import TrainArguments
     from pretrain.estimate import forward_passes
-    from pretrain.trainer import RolloutObjective
+    from pretrain.objectives import RolloutObjective
 
     args = EstimateArguments(preset="tiny", rollout_steps=steps, rollout_mode=mode, rollout_weight=weight)
     assert forward_passes(args) == passes

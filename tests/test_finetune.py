@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from finetune import load_model
 from finetune.config import FinetuneArguments, check
-from finetune.data import parse_generator_spec
 from finetune.refiner import (
     NavierStokesResidual,
     RefinerHead,
@@ -30,6 +29,7 @@ from finetune.trainer import Finetuner
 from foundation import ScOT, ScOTConfig
 from foundation.data import All2AllPairs, open_source
 from foundation.pdes import generate
+from foundation.pdes.specs import parse_generator_spec
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from pretrain.trainer import resolve_deepspeed_config_file
+from pretrain.build import resolve_deepspeed_config_file
 
 NAMED = {  # accelerate config -> the DeepSpeed JSON it names (as written, relative to the repository)
     path.stem: named

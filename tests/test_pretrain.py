@@ -202,7 +202,8 @@ def test_bf16_autocast_and_gradient_checkpointing_in_one_process(corpus, tmp_pat
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_recipe_parses_and_builds_at_tiny_size(recipe: Path):
-    from pretrain.trainer import build_model, cosine_with_warmup
+    from pretrain.build import build_model
+    from pretrain.prepared import cosine_with_warmup
 
     model_args, data_args, train_args = parse_args(["--config", str(recipe)])
     assert data_args.datasets and train_args.max_steps > 0
@@ -338,7 +339,7 @@ def test_no_host_sync_on_a_step_that_neither_logs_evaluates_nor_saves(corpus, tm
 
 
 def test_a_held_parameter_group_stays_at_zero_then_warms_up_into_the_schedule():
-    from pretrain.trainer import cosine_with_warmup
+    from pretrain.prepared import cosine_with_warmup
 
     body, head = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     groups = [{"params": [body], "lr": 1.0, "hold_steps": 5}, {"params": [head], "lr": 2.0}]

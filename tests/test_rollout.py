@@ -231,7 +231,7 @@ def test_split_sequences_cut_their_pair_into_steps_of_their_own_lead_times(tmp_p
 def test_the_recorded_window_is_what_the_model_was_trained_to_predict(tmp_path):
     from foundation.data import All2AllPairs, open_source
     from foundation.pdes import generate
-    from pretrain.trainer import trained_leads
+    from pretrain.objectives import trained_leads
 
     path = generate("ns-sines", 2, 16, tmp_path / "ns.h5", snapshots=9, seed=0, batch=2, progress=False)
     source = open_source(path, fill_stats=True)
@@ -251,7 +251,7 @@ def test_the_recorded_window_is_what_the_model_was_trained_to_predict(tmp_path):
 def test_rollout_objective_mixes_the_pair_and_rollout_losses_with_a_curriculum():
     from foundation.losses import unrolled_loss
     from pretrain.config import TrainArguments
-    from pretrain.trainer import RolloutObjective
+    from pretrain.objectives import RolloutObjective
 
     model = _model(channel_names=["u", "v"], output_channel_names=["u", "v"]).train()
     batch = {
@@ -292,8 +292,9 @@ def test_steady_problems_beside_time_dependent_ones_train_on_pairs_only(tmp_path
     from foundation.data.source import DataError
     from foundation.losses import unrolled_loss
     from foundation.pdes import generate
+    from pretrain.build import build_data
     from pretrain.config import DataArguments, TrainArguments
-    from pretrain.trainer import RolloutObjective, build_data
+    from pretrain.objectives import RolloutObjective
 
     ns = generate("ns-sines", 3, 16, tmp_path / "ns.h5", snapshots=5, seed=0, batch=3, progress=False)
     poisson = generate("poisson-gauss", 3, 16, tmp_path / "poisson.h5", seed=0, batch=3, progress=False)
@@ -313,7 +314,7 @@ def test_steady_problems_beside_time_dependent_ones_train_on_pairs_only(tmp_path
         channel_mask=moving["channel_mask"][None],
     )
     torch.testing.assert_close(got, alone)
-    from pretrain.trainer import trained_leads
+    from pretrain.objectives import trained_leads
 
     with pytest.raises(ValueError, match="trains no pair, so .*poisson.* would not train"):  # rollouts only: nothing
         trained_leads(mixture.parts, rollout_weight=1.0)
@@ -436,7 +437,7 @@ def test_horizon_continues_the_true_dynamics_from_the_rollouts_own_state(tmp_pat
 
 def test_rollout_training_of_a_model_that_cannot_feed_its_outputs_back_is_refused():
     from pretrain.config import TrainArguments
-    from pretrain.trainer import RolloutObjective
+    from pretrain.objectives import RolloutObjective
 
     steady = _model(channel_names=["f"], output_channel_names=["u"])  # Poisson-like: f in, u out
     with pytest.raises(ValueError, match="--rollout_steps 2: the model's outputs \\['u'\\] are not all among"):

@@ -1,4 +1,5 @@
-"""Data specs of fine-tuning runs: everything `foundation.data.open_source` reads, plus built-in generators.
+"""Dataset specs of every run (pretraining, fine-tuning, evaluation): what `foundation.data.open_source` reads, plus
+built-in generators.
 
     pde:wave-gauss:n=48,resolution=32,snapshots=11,seed=1[,val=8,test=32][,KEY=VALUE...]
 
