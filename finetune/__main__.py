@@ -7,10 +7,9 @@ Also under `accelerate launch [--config_file launch/accelerate/<setup>.yaml] -m 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
 
-from foundation.data import DataError
+from foundation.cli import guarded
 from pretrain.build import setup_runtime
 from pretrain.loop import NonFiniteLoss, TrainState
 
@@ -20,19 +19,16 @@ from .trainer import Finetuner
 
 def main(argv: list[str] | None = None, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> int:
     model_args, data_args, train_args, tune = parse_args(argv)  # parse (bad input: one line and exit 2)
-    try:
+
+    def body() -> int:
         setup_runtime()
         trainer = Finetuner(model_args, data_args, train_args, tune)  # build
         result = trainer.train(callbacks)  # run
-    except (DataError, ValueError, FileNotFoundError, OSError) as error:  # bad input: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    if trainer.accelerator.is_main_process:  # close (also in output_dir/result.json)
-        print(json.dumps(result, indent=2, default=str))
-    return 0
+        if trainer.accelerator.is_main_process:  # close (also in output_dir/result.json)
+            print(json.dumps(result, indent=2, default=str))
+        return 0
+
+    return guarded(body, exits={NonFiniteLoss: 3})  # bad input: one line, no traceback, exit 2
 
 
 if __name__ == "__main__":

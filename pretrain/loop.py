@@ -231,51 +231,27 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
     Returns:
         result.json's content: step, what `finish` returned, throughput and MFU.
     """
-    from tqdm.auto import tqdm
-
-    acc, out = parts.accelerator, parts.out
+    acc = parts.accelerator
     state = TrainState()
-    checkpointer = Checkpointer(acc, out / "checkpoints", args.keep_last, parts.sampler)
+    checkpointer = Checkpointer(acc, parts.out / "checkpoints", args.keep_last, parts.sampler)
     resumed = checkpointer.resume(state, parts.dataset) if args.resume else None
     if resumed is not None:
         acc.print(f"[{parts.tag}] resumed from {resumed} (step {state.step})")
-    losses = _LossLog(out / "losses.jsonl", acc.is_main_process)
-    validation = out / "validation.jsonl"  # the validation curve (e.g. has a baseline levelled off?)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_args.json").write_text(json.dumps(parts.run_args, indent=2, default=str))
-        for log in (losses.path, validation):
-            if log.exists() and resumed is None:
-                log.unlink()
-            elif log.exists():  # drop entries past the checkpoint
-                kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= state.step]
-                log.write_text("".join(k + "\n" for k in kept))
-    tracking = args.tracker != "none"
-    if tracking:
-        acc.init_trackers(parts.tag, config=_flat(parts.run_args))
+    logs = _RunLogs(parts, args, state.step if resumed is not None else None)
 
     parts.model.train()
     batches = _micro_batches(parts, state, args.batch_size)
-    bar = tqdm(
-        total=args.max_steps,
-        initial=state.step,
-        disable=not acc.is_main_process,
-        desc=parts.tag,
-        mininterval=0.1 if sys.stderr.isatty() else 10.0,
-    )  # logs and CI get a line every 10 s
+    bar = _progress_bar(parts, args, state.step)
     streak = torch.full((), float(state.nonfinite), device=acc.device)  # non-finite steps in a row, on device
-    first, started, seen, throughput = state.step, time.perf_counter(), 0, None
+    clock = _Throughput(state.step, args.batch_size * args.gradient_accumulation_steps)
     while state.step < args.max_steps:
         micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]
         loss, skipped = train_step(parts, micro, args.max_grad_norm, state.step)
         streak = (streak + skipped) * skipped
         state.step += 1
-        losses.record(state.step, loss, skipped, parts.scheduler.get_last_lr()[0])
+        logs.losses.record(state.step, loss, skipped, parts.scheduler.get_last_lr()[0])
         bar.update(1)
-        if state.step - first == 2:  # the first steps pay for allocation and warm-up
-            started, seen = time.perf_counter(), 0
-        elif state.step - first > 2:
-            seen += args.batch_size * args.gradient_accumulation_steps
+        clock.tick(state.step)
 
         last = state.step == args.max_steps
         log = state.step % args.log_every == 0 or last
@@ -284,56 +260,134 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
         if log or evaluate or save or state.step % args.max_nonfinite_steps == 0:
             state.nonfinite = int(streak.item())  # the host sync of this step
             if state.nonfinite >= args.max_nonfinite_steps:
-                losses.flush()
+                logs.losses.flush()
                 raise NonFiniteLoss(
                     f"{state.nonfinite} non-finite losses in a row at step {state.step}; the last good "
                     f"checkpoint in {checkpointer.folder} is intact"
                 )
         if log:
-            entry = losses.flush()
-            rate = seen / max(time.perf_counter() - started, 1e-9)  # per process, after the sync above
-            throughput = {"samples_per_s_per_process": rate, "mfu": rate * parts.flops_per_sample / parts.peak[0]}
-            if state.nonfinite:
-                acc.print(f"[{parts.tag}] step {state.step}: non-finite loss, {state.nonfinite} step(s) skipped")
-            loss_text = "skipped" if entry["loss"] is None else f"{entry['loss']:.4f}"
-            bar.set_postfix(
-                loss=loss_text,
-                lr=f"{entry['lr']:.2e}",
-                samples_s=f"{rate:.1f}",
-                mfu=f"{100 * throughput['mfu']:.1f}%",
-                refresh=False,  # update() redraws, at most every mininterval
-            )
-            if tracking and entry["loss"] is not None:
-                values = {"train/loss": entry["loss"], "train/lr": entry["lr"], "train/samples_per_s": rate}
-                acc.log({**values, "train/mfu": throughput["mfu"]}, step=state.step)
+            logs.training(state, bar, clock)
         if evaluate:
-            metrics = parts.evaluate()
-            if acc.is_main_process:
-                scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
-                with validation.open("a") as f:
-                    f.write(json.dumps({"step": state.step, **scalars}) + "\n")
-            if tracking:
-                acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.step)
+            logs.validation(state.step, parts.evaluate())
         if save and state.nonfinite == 0:  # a skipped step never becomes the checkpoint a run resumes from
-            losses.flush()
+            logs.losses.flush()
             checkpointer.save(state)
         for callback in callbacks:
             callback(state)
     bar.close()
-    losses.flush()
+    logs.losses.flush()
     result = {"step": state.step, **parts.finish(state)}
-    final = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, float)}
-    if final and acc.is_main_process and bool(args.eval_every):  # the curve's last point: the final validation
-        with validation.open("a") as f:
-            f.write(json.dumps({"step": state.step, **final}) + "\n")
-    if tracking:
-        metrics = result.get("metrics", {})
-        acc.log({f"val/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.step)
-        acc.end_training()
-    result.update(performance(parts, throughput))
+    logs.close(state.step, result.get("metrics", {}))
+    result.update(performance(parts, clock.throughput))
     if acc.is_main_process:
-        (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+        (parts.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def _progress_bar(parts: TrainParts, args: TrainArguments, step: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=args.max_steps,
+        initial=step,
+        disable=not parts.accelerator.is_main_process,
+        desc=parts.tag,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,  # logs and CI get a line every 10 s
+    )
+
+
+class _Throughput:
+    """Samples per second per process since the third step (the first steps pay for allocation and warm-up),
+    read only at logging steps (after their host sync), and the MFU it makes."""
+
+    def __init__(self, first_step: int, samples_per_step: int):
+        self.first, self.per_step = first_step, samples_per_step
+        self.started, self.seen = time.perf_counter(), 0
+        self.throughput: dict | None = None  # the last logged {"samples_per_s_per_process", "mfu"}
+
+    def tick(self, step: int) -> None:
+        if step - self.first == 2:
+            self.started, self.seen = time.perf_counter(), 0
+        elif step - self.first > 2:
+            self.seen += self.per_step
+
+    def read(self, flops_per_sample: float, peak: float) -> dict:
+        rate = self.seen / max(time.perf_counter() - self.started, 1e-9)
+        self.throughput = {"samples_per_s_per_process": rate, "mfu": rate * flops_per_sample / peak}
+        return self.throughput
+
+
+class _RunLogs:
+    """run_args.json, losses.jsonl, validation.jsonl (the validation curve) and the tracker of a run.
+
+    A resumed run (`resumed_step` given) keeps its logs up to the checkpoint's step and drops what came after it,
+    so the curves of a run killed and resumed read as the uninterrupted run's; a new run starts them afresh.
+    """
+
+    def __init__(self, parts: TrainParts, args: TrainArguments, resumed_step: int | None):
+        self.parts, self.acc = parts, parts.accelerator
+        out = parts.out
+        self.losses = _LossLog(out / "losses.jsonl", self.acc.is_main_process)
+        self.curve = out / "validation.jsonl"
+        if self.acc.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "run_args.json").write_text(json.dumps(parts.run_args, indent=2, default=str))
+            for log in (self.losses.path, self.curve):
+                _truncate_log(log, resumed_step)
+        self.tracking = args.tracker != "none"
+        self.eval_every = args.eval_every
+        if self.tracking:
+            self.acc.init_trackers(parts.tag, config=_flat(parts.run_args))
+
+    def training(self, state: TrainState, bar, clock: _Throughput) -> None:
+        """A logging step: pending losses to losses.jsonl, the progress bar, the tracker."""
+        parts = self.parts
+        entry = self.losses.flush()
+        throughput = clock.read(parts.flops_per_sample, parts.peak[0])  # after the step's host sync
+        rate = throughput["samples_per_s_per_process"]
+        if state.nonfinite:
+            self.acc.print(f"[{parts.tag}] step {state.step}: non-finite loss, {state.nonfinite} step(s) skipped")
+        loss_text = "skipped" if entry["loss"] is None else f"{entry['loss']:.4f}"
+        bar.set_postfix(
+            loss=loss_text,
+            lr=f"{entry['lr']:.2e}",
+            samples_s=f"{rate:.1f}",
+            mfu=f"{100 * throughput['mfu']:.1f}%",
+            refresh=False,  # update() redraws, at most every mininterval
+        )
+        if self.tracking and entry["loss"] is not None:
+            values = {"train/loss": entry["loss"], "train/lr": entry["lr"], "train/samples_per_s": rate}
+            self.acc.log({**values, "train/mfu": throughput["mfu"]}, step=state.step)
+
+    def validation(self, step: int, metrics: dict) -> None:
+        """An evaluation step: its scalars to validation.jsonl and the tracker."""
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        if self.acc.is_main_process:
+            with self.curve.open("a") as f:
+                f.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.tracking:
+            self.acc.log({f"val/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self, step: int, final_metrics: dict) -> None:
+        """The final validation as the curve's last point (when the run had a curve), then the tracker's end."""
+        final = {k: v for k, v in final_metrics.items() if isinstance(v, float)}
+        if final and self.acc.is_main_process and bool(self.eval_every):
+            with self.curve.open("a") as f:
+                f.write(json.dumps({"step": step, **final}) + "\n")
+        if self.tracking:
+            self.acc.log({f"val/{k}": v for k, v in final.items()}, step=step)
+            self.acc.end_training()
+
+
+def _truncate_log(log: Path, resumed_step: int | None) -> None:
+    """A new run's log goes; a resumed run's keeps the entries up to its checkpoint's step."""
+    if not log.exists():
+        return
+    if resumed_step is None:
+        log.unlink()
+        return
+    kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
+    log.write_text("".join(k + "\n" for k in kept))
 
 
 def performance(parts: TrainParts, throughput: dict | None) -> dict:

@@ -268,6 +268,22 @@ def test_missing_dataset_is_a_one_line_error(tmp_path: Path, capsys):
     assert "nope.h5: no such file" in err and "Traceback" not in err
 
 
+def test_pretraining_generates_pde_specs_once_beside_the_run(tmp_path: Path, capsys):
+    """`python -m pretrain --datasets pde:...` simulates the family into <output_dir>/../data, as fine-tuning does."""
+    spec = "pde:wave-gauss:n=6,resolution=16,snapshots=3,seed=4,val=1,test=1"
+    out = tmp_path / "run"
+    argv = ["--preset", "tiny", "--datasets", spec, "--output_dir", str(out), "--batch_size", "4", "--max_steps", "2"]
+    argv += ["--eval_pairs", "4", "--tracker", "none"]
+    assert _in_process(argv) == 0, capsys.readouterr().err
+    generated = tmp_path / "data" / "wave-gauss-n6-r16-s3-seed4-val1-test1.h5"
+    with open_source(generated) as source:
+        assert len(source.split("train")) == 4
+    spec_of_data = json.loads((out / "model" / "training_data.json").read_text())[0]["spec"]
+    assert spec_of_data == str(generated)  # the model records the file it trained on, not the generator string
+    channels = source.info.channel_names + source.info.static_names
+    assert ScOT.from_pretrained(out / "model").config.channel_names == channels
+
+
 @pytest.mark.slow
 def test_full_fine_tuning_of_a_published_checkpoint(tmp_path: Path):
     """`--init_from` a Poseidon-layout checkpoint continues training all weights on new data (same channels)."""
