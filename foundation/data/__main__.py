@@ -12,12 +12,18 @@ import argparse
 import json
 import sys
 
-from . import DataError, open_source
+from ..cli import guarded
+from . import open_source
 from .check import report, scan, summary, table, write_report
 from .source import SPLITS
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `inspect` or `check`: exit code 0, or 2 when the scan finds NaN/Inf or the input is bad.
+
+    Args:
+        argv: The arguments (default: the command line).
+    """
     parser = argparse.ArgumentParser(prog="python -m foundation.data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="describe a source (see foundation.data.open_source)")
@@ -32,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", metavar="OUT", help="also write the problems found to this JSON file")
     check.add_argument("--quiet", action="store_true", help="no progress bar (also off when stderr is not a TTY)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         with open_source(args.spec, layout=args.layout, fill_stats=getattr(args, "stats", False)) as source:
             if args.command == "inspect":
                 print(json.dumps(source.describe(), indent=2))
@@ -40,12 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             splits = list(dict.fromkeys(args.split)) if args.split else None
             problems = scan(source, splits, progress=not args.quiet and sys.stderr.isatty())
             print("\n".join([*table(problems), summary(source, problems, splits)]))
-            if args.json:
+            if args.json:  # a --json path that cannot be written is bad input too (an OSError)
                 write_report(args.json, report(source, problems, splits))
             return 2 if problems else 0
-    except (DataError, OSError) as error:  # OSError: a --json path that cannot be written, among others
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+    return guarded(body)  # a source that cannot be opened or read (DataError): one line, exit 2
 
 
 if __name__ == "__main__":

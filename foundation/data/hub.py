@@ -289,19 +289,9 @@ class HubDatasetSource(TrajectorySource):
         static = self._row(index)[1]
         return super()._read_static(index) if static is None else static
 
-    def read(self, index: int, snapshot: int, check: bool = True) -> np.ndarray:
-        try:
-            return super().read(index, snapshot, check)
-        except DataError as error:
-            split, row = self.locate(index)
-            raise DataError(f"{error} (split {split!r}, row {row})") from None
-
-    def read_static(self, index: int, check: bool = True) -> np.ndarray:
-        try:
-            return super().read_static(index, check)
-        except DataError as error:
-            split, row = self.locate(index)
-            raise DataError(f"{error} (split {split!r}, row {row})") from None
+    def _where(self, index: int) -> str:
+        split, row = self.locate(index)
+        return f"split {split!r}, row {row}"
 
     def close(self) -> None:
         self._cache = None

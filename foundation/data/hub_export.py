@@ -100,39 +100,8 @@ def save_hub_dataset(
                 gen_kwargs={"source": source, "indices": indices, "static": bool(s)},
                 split=hub_name,
             )
-        # A shard holds at least one row; by default about 500 MB.
-        shards = {
-            k: max(1, min(len(d), num_shards or -(-len(d) * row_bytes // 500_000_000))) for k, d in splits.items()
-        }
-        if format == "arrow":
-            datasets.DatasetDict(splits).save_to_disk(str(tmp), num_shards=shards)
-        else:
-            (tmp / "data").mkdir()
-            for hub_name, data in splits.items():
-                for k in range(shards[hub_name]):
-                    shard = data.shard(shards[hub_name], k, contiguous=True)
-                    # Row groups of ~64 MB: a streaming reader (`load_dataset(streaming=True)`) reads one at a time.
-                    shard.to_parquet(
-                        str(tmp / "data" / f"{hub_name}-{k:05d}-of-{shards[hub_name]:05d}.parquet"),
-                        batch_size=max(1, 64_000_000 // row_bytes),
-                    )
-        meta = {key: value for key, value in source.info.to_json().items() if key in METADATA_KEYS}
-        meta["provenance"] = {
-            **meta.get("provenance", {}),
-            "exported_from": source.info.name,
-            "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        meta.update(
-            schema_version=METADATA_VERSION,
-            fields_column="fields",
-            static_column="static" if s else None,
-            shape=[t, c, h, w],
-            hub_splits={ours: hub for ours, hub in HUB_SPLITS.items() if hub in splits},
-            name=source.info.name,
-        )
-        if ranges is not None:
-            meta["splits"] = ranges
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=1))
+        _write_splits(splits, tmp, format, num_shards, row_bytes)
+        (tmp / METADATA_FILE).write_text(json.dumps(_metadata(source, splits, ranges), indent=1))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -142,3 +111,46 @@ def save_hub_dataset(
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return target
+
+
+def _write_splits(splits: dict[str, Any], tmp: Path, format: str, num_shards: int | None, row_bytes: int) -> None:
+    """The Hub splits (`datasets.Dataset`s) into `tmp`, as a `save_to_disk` folder or data/*.parquet shards."""
+    import datasets
+
+    # A shard holds at least one row; by default about 500 MB.
+    shards = {k: max(1, min(len(d), num_shards or -(-len(d) * row_bytes // 500_000_000))) for k, d in splits.items()}
+    if format == "arrow":
+        datasets.DatasetDict(splits).save_to_disk(str(tmp), num_shards=shards)
+        return
+    (tmp / "data").mkdir()
+    for hub_name, data in splits.items():
+        for k in range(shards[hub_name]):
+            shard = data.shard(shards[hub_name], k, contiguous=True)
+            # Row groups of ~64 MB: a streaming reader (`load_dataset(streaming=True)`) reads one at a time.
+            shard.to_parquet(
+                str(tmp / "data" / f"{hub_name}-{k:05d}-of-{shards[hub_name]:05d}.parquet"),
+                batch_size=max(1, 64_000_000 // row_bytes),
+            )
+
+
+def _metadata(source: TrajectorySource, splits: dict[str, Any], ranges: dict | None) -> dict[str, Any]:
+    """scot_metadata.json of the export: the source's metadata, the columns, the shape and the Hub splits written
+    (`ranges`: our splits when they are not the Hub's, see `_partitions`)."""
+    _, t, c, h, w = source.shape
+    meta = {key: value for key, value in source.info.to_json().items() if key in METADATA_KEYS}
+    meta["provenance"] = {
+        **meta.get("provenance", {}),
+        "exported_from": source.info.name,
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    meta.update(
+        schema_version=METADATA_VERSION,
+        fields_column="fields",
+        static_column="static" if source.info.static_names else None,
+        shape=[t, c, h, w],
+        hub_splits={ours: hub for ours, hub in HUB_SPLITS.items() if hub in splits},
+        name=source.info.name,
+    )
+    if ranges is not None:
+        meta["splits"] = ranges
+    return meta

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,6 +73,25 @@ def _ce(name: str, p_mean: float) -> PoseidonLayout:
     )
 
 
+def _wave(name: str, u: tuple[float, float], c: tuple[float, float]) -> PoseidonLayout:
+    # u without a channel axis, the wave speed c stored per trajectory; `u` and `c`: (mean, std) of each
+    return PoseidonLayout(
+        name,
+        "solution",
+        ("u",),
+        (u[0],),
+        (u[1],),
+        60,
+        240,
+        has_channel_dim=False,
+        static_key="c",
+        static_names=("c",),
+        static_mean=(c[0],),
+        static_std=(c[1],),
+        pde={"id": name.lower()},
+    )
+
+
 LAYOUTS: dict[str, PoseidonLayout] = {
     **{n: _ns(n) for n in ("NS-Sines", "NS-Gauss", "NS-PwC", "NS-SVS", "NS-BB", "NS-SL")},
     "NS-Tracer-PwC": PoseidonLayout(
@@ -127,36 +147,8 @@ LAYOUTS: dict[str, PoseidonLayout] = {
         select=(0, 1, 2, 3, 5),
         pde={"id": "gce-rt"},
     ),
-    "Wave-Layer": PoseidonLayout(
-        "Wave-Layer",
-        "solution",
-        ("u",),
-        (0.03467,),
-        (0.10442,),
-        60,
-        240,
-        has_channel_dim=False,
-        static_key="c",
-        static_names=("c",),
-        static_mean=(3498.56,),
-        static_std=(647.84,),
-        pde={"id": "wave-layer"},
-    ),
-    "Wave-Gauss": PoseidonLayout(
-        "Wave-Gauss",
-        "solution",
-        ("u",),
-        (0.03344,),
-        (0.11719,),
-        60,
-        240,
-        has_channel_dim=False,
-        static_key="c",
-        static_names=("c",),
-        static_mean=(2618.46,),
-        static_std=(601.52,),
-        pde={"id": "wave-gauss"},
-    ),
+    "Wave-Layer": _wave("Wave-Layer", (0.03467, 0.10442), (3498.56, 647.84)),
+    "Wave-Gauss": _wave("Wave-Gauss", (0.03344, 0.11719), (2618.46, 601.52)),
     "ACE": PoseidonLayout(
         "ACE", "solution", ("u",), (0.002484,), (0.65351,), 60, 240, has_channel_dim=False, pde={"id": "allen-cahn"}
     ),
@@ -210,6 +202,20 @@ def layout_names() -> list[str]:
     return sorted(LAYOUTS)
 
 
+class _Stored(NamedTuple):
+    """What a file holds, as its layout reads it: trajectories, snapshots, grid as stored, channels used (names,
+    published mean and std, stored indices or None for all)."""
+
+    n: int
+    t: int
+    h: int
+    w: int
+    channels: list[str]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    select: tuple[int, ...] | None
+
+
 class PoseidonSource(TrajectorySource):
     """One published Poseidon file, read lazily with h5py in its published layout `layout`."""
 
@@ -218,55 +224,16 @@ class PoseidonSource(TrajectorySource):
             raise DataError(f"unknown Poseidon layout {layout!r}; known: {', '.join(layout_names())}")
         self.path, self.layout = Path(path), LAYOUTS[layout]
         self._h5 = H5Handle(self.path, "netCDF4/HDF5")
-        file, lay = self._h5.file(), self.layout
-        grouped = lay.name == "Helmholtz"
-        if grouped:
-            n = sum(1 for k in file.keys() if k.startswith("Sample_"))
-            if n == 0 or "Sample_0" not in file:
-                raise DataError(f"{self.path}: no 'Sample_<i>' groups (layout {lay.name})")
-            for key in ("a", "bc", "u"):
-                if key not in file["Sample_0"]:
-                    raise DataError(f"{self.path}: group 'Sample_0' lacks {key!r} (layout {lay.name})")
-            h, w = file["Sample_0"]["u"].shape[-2:]
-            t, channels = 1, list(lay.channels)
-            mean, std = lay.mean, lay.std
-            self._select = None
-        else:
-            if lay.key not in file:
-                raise DataError(
-                    f"{self.path}: missing key {lay.key!r} (layout {lay.name} stores its data there; "
-                    f"the file has {sorted(file.keys())})"
-                )
-            data = file[lay.key]
-            rank = (3 if lay.steady else 4) + (1 if lay.has_channel_dim else 0)
-            if data.ndim != rank:
-                raise DataError(
-                    f"{self.path}: {lay.key!r} has shape {data.shape}, layout {lay.name} expects rank {rank}"
-                )
-            n, h, w = data.shape[0], data.shape[-2], data.shape[-1]
-            t = 1 if lay.steady else data.shape[1]
-            channels, select = list(lay.channels), lay.select
-            mean, std = lay.mean, lay.std
-            if lay.has_channel_dim:
-                stored = data.shape[1 if lay.steady else 2]
-                if lay.key == "velocity" and stored == 3 and lay.name != "NS-Tracer-PwC":
-                    # tracer variants store a third channel: keep it, with the published tracer constants
-                    channels, select = ["u", "v", "tracer"], (0, 1, 2)
-                    mean, std = (*mean, 0.19586183), (*std, 0.37)
-                if select is not None and max(select) >= stored:
-                    raise DataError(
-                        f"{self.path}: {lay.key!r} has {stored} channels, layout {lay.name} reads "
-                        f"channels {list(select)}"
-                    )
-            self._select = None if select is None else list(select)
-            if lay.static_key is not None and lay.static_key not in file:
-                raise DataError(f"{self.path}: missing key {lay.static_key!r} (static field of layout {lay.name})")
+        lay = self.layout
+        stored = self._grouped() if lay.name == "Helmholtz" else self._array()
+        self._select = None if stored.select is None else list(stored.select)
+        n, t, h, w = stored.n, stored.t, stored.h, stored.w
         if lay.transpose:
             h, w = w, h
         last = max(t - 1, 1)
         info = SourceInfo(
             name=str(self.path),
-            channel_names=channels,
+            channel_names=stored.channels,
             static_names=list(lay.static_names),
             times=np.arange(t, dtype=np.float64),
             time_scale=float(last),  # lead time = (j - i) / index of the last stored snapshot
@@ -275,8 +242,8 @@ class PoseidonSource(TrajectorySource):
                 "val": (n - lay.val - lay.test, n - lay.test),
                 "test": (n - lay.test, n),
             },
-            mean=None if mean is None else list(mean),
-            std=None if std is None else list(std),
+            mean=None if stored.mean is None else list(stored.mean),
+            std=None if stored.std is None else list(stored.std),
             static_mean=list(lay.static_mean) if lay.static_mean else None,
             static_std=list(lay.static_std) if lay.static_std else None,
             steady=lay.steady,
@@ -288,11 +255,53 @@ class PoseidonSource(TrajectorySource):
             raise DataError(
                 f"{self.path}: {n} trajectories cannot hold the {lay.val} val + {lay.test} test of layout {lay.name}"
             )
-        super().__init__(info, (n, t, len(channels), h, w))
+        super().__init__(info, (n, t, len(stored.channels), h, w))
         if lay.name == "FNS-KF":  # the forcing is analytic and the same for every trajectory
             x = np.arange(w, dtype=np.float32) / w
             y = np.arange(h, dtype=np.float32) / h
             self._forcing = (0.1 * np.sin(2 * np.pi * (x[None, :] + y[:, None])))[None].astype(np.float32)
+
+    def _grouped(self) -> _Stored:
+        """Helmholtz: one group Sample_<i> per trajectory holding the coefficient a, the boundary value bc and u."""
+        file, lay = self._h5.file(), self.layout
+        n = sum(1 for k in file.keys() if k.startswith("Sample_"))
+        if n == 0 or "Sample_0" not in file:
+            raise DataError(f"{self.path}: no 'Sample_<i>' groups (layout {lay.name})")
+        for key in ("a", "bc", "u"):
+            if key not in file["Sample_0"]:
+                raise DataError(f"{self.path}: group 'Sample_0' lacks {key!r} (layout {lay.name})")
+        h, w = file["Sample_0"]["u"].shape[-2:]
+        return _Stored(n, 1, h, w, list(lay.channels), lay.mean, lay.std, None)
+
+    def _array(self) -> _Stored:
+        """Every other layout: one array [N, (T,) (C,) H, W] under the layout's key (static fields beside it)."""
+        file, lay = self._h5.file(), self.layout
+        if lay.key not in file:
+            raise DataError(
+                f"{self.path}: missing key {lay.key!r} (layout {lay.name} stores its data there; "
+                f"the file has {sorted(file.keys())})"
+            )
+        data = file[lay.key]
+        rank = (3 if lay.steady else 4) + (1 if lay.has_channel_dim else 0)
+        if data.ndim != rank:
+            raise DataError(f"{self.path}: {lay.key!r} has shape {data.shape}, layout {lay.name} expects rank {rank}")
+        n, h, w = data.shape[0], data.shape[-2], data.shape[-1]
+        t = 1 if lay.steady else data.shape[1]
+        channels, select = list(lay.channels), lay.select
+        mean, std = lay.mean, lay.std
+        if lay.has_channel_dim:
+            stored = data.shape[1 if lay.steady else 2]
+            if lay.key == "velocity" and stored == 3 and lay.name != "NS-Tracer-PwC":
+                # tracer variants store a third channel: keep it, with the published tracer constants
+                channels, select = ["u", "v", "tracer"], (0, 1, 2)
+                mean, std = (*mean, 0.19586183), (*std, 0.37)
+            if select is not None and max(select) >= stored:
+                raise DataError(
+                    f"{self.path}: {lay.key!r} has {stored} channels, layout {lay.name} reads channels {list(select)}"
+                )
+        if lay.static_key is not None and lay.static_key not in file:
+            raise DataError(f"{self.path}: missing key {lay.static_key!r} (static field of layout {lay.name})")
+        return _Stored(n, t, h, w, channels, mean, std, select)
 
     def _orient(self, x: np.ndarray) -> np.ndarray:
         return np.swapaxes(x, -1, -2) if self.layout.transpose else x

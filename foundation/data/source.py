@@ -13,7 +13,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -221,21 +221,39 @@ class TrajectorySource(ABC):
         """Static fields [S, H, W] of trajectory `index`."""
         return np.zeros((0, *self.grid), dtype=np.float32)
 
+    def _where(self, index: int) -> str | None:
+        """Where trajectory `index` is stored, when the source's name does not say it (a file of several and the
+        trajectory's index in it, a split and row): appended to the `DataError` of a read. None: nothing to add."""
+        return None
+
+    def _located(self, error: DataError, index: int) -> NoReturn:
+        """Re-raise `error` (being handled), with where trajectory `index` lives (`_where`) if the source says."""
+        where = self._where(index)
+        if where is None:
+            raise error
+        raise DataError(f"{error} ({where})") from None
+
     def read(self, index: int, snapshot: int, check: bool = True) -> np.ndarray:
         """Snapshot `snapshot` of trajectory `index` as float32 [C, H, W]; NaN/Inf raise a `DataError`."""
         n, t = self.shape[:2]
         if not (0 <= index < n and 0 <= snapshot < t):
             raise IndexError(f"{self.info.name}: sample ({index}, {snapshot}) outside [0, {n}) x [0, {t})")
-        out = np.asarray(self._read(index, snapshot), dtype=np.float32)
-        if check and not np.isfinite(out).all():  # ~7 us for 4 x 128 x 128: cheap enough for every read
-            raise DataError(f"{self.info.name}: trajectory {index}, snapshot {snapshot} contains NaN or Inf")
+        try:
+            out = np.asarray(self._read(index, snapshot), dtype=np.float32)
+            if check and not np.isfinite(out).all():  # ~7 us for 4 x 128 x 128: cheap enough for every read
+                raise DataError(f"{self.info.name}: trajectory {index}, snapshot {snapshot} contains NaN or Inf")
+        except DataError as error:
+            self._located(error, index)
         return out
 
     def read_static(self, index: int, check: bool = True) -> np.ndarray:
         """Static fields [S, H, W] of trajectory `index` (S = 0 when the source has none)."""
-        out = np.asarray(self._read_static(index), dtype=np.float32)
-        if check and out.size and not np.isfinite(out).all():
-            raise DataError(f"{self.info.name}: static fields of trajectory {index} contain NaN or Inf")
+        try:
+            out = np.asarray(self._read_static(index), dtype=np.float32)
+            if check and out.size and not np.isfinite(out).all():
+                raise DataError(f"{self.info.name}: static fields of trajectory {index} contain NaN or Inf")
+        except DataError as error:
+            self._located(error, index)
         return out
 
     def close(self) -> None:  # noqa: B027 - optional hook: sources without file handles need nothing

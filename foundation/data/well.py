@@ -143,72 +143,10 @@ def _scan(path: Path) -> _FileMeta:
         raise DataError(f"{path}: not a readable HDF5 file ({error})") from None
     with file:
         attrs = file.attrs
-        dims = _require(file, path, "dimensions")
-        spatial_dims = _names(dims.attrs.get("spatial_dims", ["x", "y"]))
-        n_dims = int(_plain(attrs.get("n_spatial_dims", len(spatial_dims))))
-        if n_dims != 2 or len(spatial_dims) != 2:
-            raise DataError(
-                f"{path}: a {n_dims}-D dataset (spatial_dims {spatial_dims}); only 2-D datasets are supported"
-            )
-        for group in REQUIRED_GROUPS[1:]:
-            _require(file, path, group)
-        if "time" not in dims:
-            raise DataError(f"{path}: missing 'dimensions/time'")
-        times = np.asarray(dims["time"][...], dtype=np.float64)
-        coords = []
-        for dim in spatial_dims:
-            if dim not in dims:
-                raise DataError(f"{path}: missing coordinates 'dimensions/{dim}' (listed in spatial_dims)")
-            c = np.asarray(dims[dim][...], dtype=np.float64)
-            c = c[0] if c.ndim == 2 else c  # sample-varying grids: the first trajectory's
-            if not np.all(np.diff(c) > 0):  # the box and the spacing are read off them
-                raise DataError(f"{path}: dimensions/{dim}: coordinates must increase, got {c[:4].tolist()}...")
-            coords.append(c)
+        spatial_dims, times, coords = _coordinates(file, path)
         grid = (len(coords[0]), len(coords[1]))
-        fields = []
-        for order, group_name in enumerate(FIELD_GROUPS):
-            if group_name not in file:
-                continue  # t2_fields is often absent in practice; t0/t1 are required above
-            group = file[group_name]
-            components = tuple("".join(c) for c in itertools.product(spatial_dims, repeat=order))
-            for name in _field_names(group, path):
-                ds, a = group[name], group[name].attrs
-                field = _Field(
-                    group=group_name,
-                    name=name,
-                    order=order,
-                    time_varying=bool(_plain(a.get("time_varying", True))),
-                    sample_varying=bool(_plain(a.get("sample_varying", True))),
-                    dim_varying=tuple(bool(v) for v in _plain(a.get("dim_varying", [True, True]))),
-                    components=components,
-                )
-                fields.append(field)
-                expected = (
-                    ([None] if field.sample_varying else [])
-                    + ([len(times) if times.ndim == 1 else times.shape[-1]] if field.time_varying else [])
-                    + [n for n, varying in zip(grid, field.dim_varying) if varying]
-                    + [2] * order
-                )
-                if (
-                    len(field.dim_varying) != 2
-                    or ds.ndim != len(expected)
-                    or any(e is not None and e != s for e, s in zip(expected, ds.shape))
-                ):
-                    shown = tuple("n_traj" if e is None else e for e in expected)
-                    raise DataError(
-                        f"{path}: {field.key} has shape {ds.shape}, expected {shown} (time_varying="
-                        f"{field.time_varying}, sample_varying={field.sample_varying}, dim_varying="
-                        f"{list(field.dim_varying)})"
-                    )
-        n_traj = attrs.get("n_trajectories")
-        varying = [file[f.key].shape[0] for f in fields if f.sample_varying]
-        n_traj = int(_plain(n_traj)) if n_traj is not None else (varying[0] if varying else 1)
-        for f in fields:
-            if f.sample_varying and file[f.key].shape[0] != n_traj:
-                raise DataError(
-                    f"{path}: {f.key} holds {file[f.key].shape[0]} trajectories, the file declares "
-                    f"n_trajectories = {n_traj}"
-                )
+        fields = _fields(file, path, spatial_dims, times, grid)
+        n_traj = _trajectory_count(file, path, fields)
         if times.ndim == 2:
             # Per-trajectory time grids: one SourceInfo.times serves all, so they may differ by a shift only.
             rel = times - times[:, :1]
@@ -216,18 +154,7 @@ def _scan(path: Path) -> _FileMeta:
                 raise DataError(f"{path}: dimensions/time differs between trajectories beyond a shift")
             times = times[0]
         parameters = {str(k): _plain(attrs[k]) for k in _names(attrs.get("simulation_parameters", [])) if k in attrs}
-        scalars, sample_scalars = {}, []
-        if "scalars" in file:
-            group = file["scalars"]
-            for name in _names(group.attrs.get("field_names", sorted(group.keys()))):
-                if name not in group or _plain(group[name].attrs.get("time_varying", False)):
-                    continue  # time series of scalars are outputs of the run, not parameters
-                if _plain(group[name].attrs.get("sample_varying", False)):
-                    sample_scalars.append(name)
-                else:
-                    value = np.asarray(group[name][...]).reshape(-1)
-                    scalars[name] = value[0].item() if value.size == 1 else value.tolist()
-        domain = _domain(file, spatial_dims, coords)
+        scalars, sample_scalars = _scalars(file)
         return _FileMeta(
             path=path,
             dataset_name=str(_plain(attrs.get("dataset_name", path.stem))),
@@ -239,8 +166,107 @@ def _scan(path: Path) -> _FileMeta:
             parameters=parameters,
             scalars=scalars,
             sample_scalars=sample_scalars,
-            domain=domain,
+            domain=_domain(file, spatial_dims, coords),
         )
+
+
+def _coordinates(file: h5py.File, path: Path) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """(spatial dims, times [T] or per trajectory [n_traj, T], increasing coordinates per axis) of a 2-D file
+    with the required groups; DataError naming what is missing or not 2-D."""
+    dims = _require(file, path, "dimensions")
+    spatial_dims = _names(dims.attrs.get("spatial_dims", ["x", "y"]))
+    n_dims = int(_plain(file.attrs.get("n_spatial_dims", len(spatial_dims))))
+    if n_dims != 2 or len(spatial_dims) != 2:
+        raise DataError(f"{path}: a {n_dims}-D dataset (spatial_dims {spatial_dims}); only 2-D datasets are supported")
+    for group in REQUIRED_GROUPS[1:]:
+        _require(file, path, group)
+    if "time" not in dims:
+        raise DataError(f"{path}: missing 'dimensions/time'")
+    times = np.asarray(dims["time"][...], dtype=np.float64)
+    coords = []
+    for dim in spatial_dims:
+        if dim not in dims:
+            raise DataError(f"{path}: missing coordinates 'dimensions/{dim}' (listed in spatial_dims)")
+        c = np.asarray(dims[dim][...], dtype=np.float64)
+        c = c[0] if c.ndim == 2 else c  # sample-varying grids: the first trajectory's
+        if not np.all(np.diff(c) > 0):  # the box and the spacing are read off them
+            raise DataError(f"{path}: dimensions/{dim}: coordinates must increase, got {c[:4].tolist()}...")
+        coords.append(c)
+    return spatial_dims, times, coords
+
+
+def _fields(
+    file: h5py.File, path: Path, spatial_dims: list[str], times: np.ndarray, grid: tuple[int, int]
+) -> list[_Field]:
+    """The field datasets of t0/t1/t2_fields in stored order, each checked against the shape its
+    time_varying / sample_varying / dim_varying attributes imply."""
+    fields = []
+    for order, group_name in enumerate(FIELD_GROUPS):
+        if group_name not in file:
+            continue  # t2_fields is often absent in practice; t0/t1 are required (`_coordinates`)
+        group = file[group_name]
+        components = tuple("".join(c) for c in itertools.product(spatial_dims, repeat=order))
+        for name in _field_names(group, path):
+            ds, a = group[name], group[name].attrs
+            field = _Field(
+                group=group_name,
+                name=name,
+                order=order,
+                time_varying=bool(_plain(a.get("time_varying", True))),
+                sample_varying=bool(_plain(a.get("sample_varying", True))),
+                dim_varying=tuple(bool(v) for v in _plain(a.get("dim_varying", [True, True]))),
+                components=components,
+            )
+            fields.append(field)
+            expected = (
+                ([None] if field.sample_varying else [])
+                + ([len(times) if times.ndim == 1 else times.shape[-1]] if field.time_varying else [])
+                + [n for n, varying in zip(grid, field.dim_varying) if varying]
+                + [2] * order
+            )
+            if (
+                len(field.dim_varying) != 2
+                or ds.ndim != len(expected)
+                or any(e is not None and e != s for e, s in zip(expected, ds.shape))
+            ):
+                shown = tuple("n_traj" if e is None else e for e in expected)
+                raise DataError(
+                    f"{path}: {field.key} has shape {ds.shape}, expected {shown} (time_varying="
+                    f"{field.time_varying}, sample_varying={field.sample_varying}, dim_varying="
+                    f"{list(field.dim_varying)})"
+                )
+    return fields
+
+
+def _trajectory_count(file: h5py.File, path: Path, fields: list[_Field]) -> int:
+    """The declared n_trajectories (else the leading axis of a sample-varying field, else 1), which every
+    sample-varying field must hold."""
+    n_traj = file.attrs.get("n_trajectories")
+    varying = [file[f.key].shape[0] for f in fields if f.sample_varying]
+    n_traj = int(_plain(n_traj)) if n_traj is not None else (varying[0] if varying else 1)
+    for f in fields:
+        if f.sample_varying and file[f.key].shape[0] != n_traj:
+            raise DataError(
+                f"{path}: {f.key} holds {file[f.key].shape[0]} trajectories, the file declares "
+                f"n_trajectories = {n_traj}"
+            )
+    return n_traj
+
+
+def _scalars(file: h5py.File) -> tuple[dict[str, Any], list[str]]:
+    """(constant scalars with their values, names of the scalars with one value per trajectory)."""
+    scalars, sample_scalars = {}, []
+    if "scalars" in file:
+        group = file["scalars"]
+        for name in _names(group.attrs.get("field_names", sorted(group.keys()))):
+            if name not in group or _plain(group[name].attrs.get("time_varying", False)):
+                continue  # time series of scalars are outputs of the run, not parameters
+            if _plain(group[name].attrs.get("sample_varying", False)):
+                sample_scalars.append(name)
+            else:
+                value = np.asarray(group[name][...]).reshape(-1)
+                scalars[name] = value[0].item() if value.size == 1 else value.tolist()
+    return scalars, sample_scalars
 
 
 def _box_edges(c: np.ndarray, periodic: bool) -> list[float]:
@@ -562,19 +588,9 @@ class WellSource(TrajectorySource):
         file = self._file(k)
         return np.concatenate([self._component(file, f, local, None) for f in self._static], axis=0)
 
-    def read(self, index: int, snapshot: int, check: bool = True) -> np.ndarray:
-        try:
-            return super().read(index, snapshot, check)
-        except DataError as error:
-            path, local = self.locate(index)
-            raise DataError(f"{error} (file {path}, trajectory {local} of that file)") from None
-
-    def read_static(self, index: int, check: bool = True) -> np.ndarray:
-        try:
-            return super().read_static(index, check)
-        except DataError as error:
-            path, local = self.locate(index)
-            raise DataError(f"{error} (file {path}, trajectory {local} of that file)") from None
+    def _where(self, index: int) -> str:
+        path, local = self.locate(index)
+        return f"file {path}, trajectory {local} of that file"
 
     def close(self) -> None:
         for handle in self._handles.values():

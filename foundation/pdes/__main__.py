@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
+from collections.abc import Callable
 
-from . import FAMILIES, UnstableSettings, generate
+from ..cli import guarded
+from . import FAMILIES, generate
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -30,7 +31,7 @@ def _sharding(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-merge", action="store_true", help="leave the shards (join them with `merge`)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m foundation.pdes", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the PDE families")
@@ -56,54 +57,67 @@ def main(argv: list[str] | None = None) -> int:
     corpus.add_argument("--out", required=True, help="folder of the corpus: one HDF5 file per family")
     corpus.add_argument("--device", default="cpu")
     _sharding(corpus)
+    return parser
+
+
+def _list(args: argparse.Namespace) -> None:
+    for fid, fam in sorted(FAMILIES.items()):
+        kind = "steady" if fam.steady else f"t_end={fam.t_end}"
+        print(
+            f"{fid:16s} {','.join(fam.channel_names):14s} static={','.join(fam.static_names) or '-':6s} "
+            f"{kind:10s} {fam.description}"
+        )
+
+
+def _generate(args: argparse.Namespace) -> None:
+    request = dict(snapshots=args.snapshots, seed=args.seed, batch=args.batch, device=args.device)
+    request.update(overwrite=args.overwrite, progress=not args.no_progress, **dict(args.param))
+    if args.world_size > 1:
+        from .shards import generate_sharded
+
+        shard = dict(rank=args.rank, world_size=args.world_size, merge=not args.no_merge)
+        path = generate_sharded(args.pde, args.n, args.resolution, args.out, **shard, **request)
+    else:
+        path = generate(args.pde, args.n, args.resolution, args.out, **request)
+    print(path)
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from .shards import merge_shards
+
+    print(merge_shards(args.out, overwrite=args.overwrite))
+
+
+def _corpus(args: argparse.Namespace) -> None:
+    from .corpus import build_corpus, load_recipe
+
+    paths = build_corpus(
+        load_recipe(args.recipe), args.out, device=args.device, rank=args.rank, world_size=args.world_size
+    )
+    if args.rank == 0:
+        print("\n".join(map(str, paths)))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "list": _list,
+    "generate": _generate,
+    "merge": _merge,
+    "corpus": _corpus,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input (an impossible setting, an unknown family, a file in the way) ends in one
+    `error: ...` line on stderr and exit code 2 (`foundation.cli.guarded`).
+
+    Args:
+        argv: The arguments (default: the command line).
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command in ("generate", "corpus") and not 0 <= args.rank < args.world_size:
         parser.error(f"--rank {args.rank} is not in a world of --world_size {args.world_size}")
-    if args.command == "merge":
-        from .shards import merge_shards
-
-        try:
-            print(merge_shards(args.out, overwrite=args.overwrite))
-        except (ValueError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        return 0
-    if args.command == "corpus":
-        from .corpus import build_corpus, load_recipe
-
-        try:
-            paths = build_corpus(
-                load_recipe(args.recipe), args.out, device=args.device, rank=args.rank, world_size=args.world_size
-            )
-        except (UnstableSettings, ValueError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        if args.rank == 0:
-            print("\n".join(map(str, paths)))
-        return 0
-    if args.command == "list":
-        for fid, fam in sorted(FAMILIES.items()):
-            kind = "steady" if fam.steady else f"t_end={fam.t_end}"
-            print(
-                f"{fid:16s} {','.join(fam.channel_names):14s} static={','.join(fam.static_names) or '-':6s} "
-                f"{kind:10s} {fam.description}"
-            )
-        return 0
-    request = dict(snapshots=args.snapshots, seed=args.seed, batch=args.batch, device=args.device)
-    request.update(overwrite=args.overwrite, progress=not args.no_progress, **dict(args.param))
-    try:
-        if args.world_size > 1:
-            from .shards import generate_sharded
-
-            shard = dict(rank=args.rank, world_size=args.world_size, merge=not args.no_merge)
-            path = generate_sharded(args.pde, args.n, args.resolution, args.out, **shard, **request)
-        else:
-            path = generate(args.pde, args.n, args.resolution, args.out, **request)
-    except (UnstableSettings, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return guarded(lambda: _COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

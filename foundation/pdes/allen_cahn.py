@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from .base import PDEFamily, Trajectories, UnstableSettings
+from .base import PDEFamily, Trajectories, UnstableSettings, check_grid_and_span, snapshot_times
 from .spectral import wavenumbers
 
 DOMAIN = {"extent": [[0.0, 1.0], [0.0, 1.0]], "periodic": [True, True]}
@@ -69,10 +68,7 @@ def simulate(
     dt: float = 1e-3,
     dtype: torch.dtype = torch.float64,
 ) -> Trajectories:
-    if resolution < 8 or snapshots < 1 or t_end <= 0:
-        raise UnstableSettings(
-            f"need resolution >= 8, snapshots >= 1, t_end > 0; got {resolution}, {snapshots}, {t_end}"
-        )
+    check_grid_and_span(resolution, snapshots, t_end)
     if eps * resolution < 1.0:
         raise UnstableSettings(
             f"eps = {eps} is not resolved by {resolution} points (need eps * n >= 1: interfaces are ~eps wide)"
@@ -82,7 +78,7 @@ def simulate(
     kx, ky = wavenumbers(resolution, device, dtype)
     k2 = kx**2 + ky**2
     u = initial_condition(batch, resolution, generator, dtype).to(device)
-    times = np.linspace(0.0, t_end, snapshots) if snapshots > 1 else np.zeros(1)
+    times = snapshot_times(t_end, snapshots)
     frames, steps, t = [u], 0, 0.0
     for target in times[1:]:
         u, n_sub = advance(u, target - t, k2, eps, dt)

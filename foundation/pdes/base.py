@@ -14,6 +14,27 @@ class UnstableSettings(ValueError):
     """Settings (time step, CFL number, resolution) for which the solver would be unstable or meaningless."""
 
 
+def snapshot_times(t_end: float, snapshots: int) -> np.ndarray:
+    """The stored times of an unsteady family: `snapshots` equispaced times in [0, t_end].
+
+    One snapshot is the initial state alone (t = 0), never t_end: every time-dependent solver and the burn-in of
+    `foundation.pdes.generate` rely on this one convention.
+    """
+    return np.linspace(0.0, t_end, snapshots) if snapshots > 1 else np.zeros(1)
+
+
+def check_grid_and_span(resolution: int, snapshots: int, t_end: float) -> None:
+    """Refuse a grid coarser than 8 points per axis, no snapshot, or a non-positive span (one message for all three).
+
+    Raises:
+        UnstableSettings: naming the three values.
+    """
+    if resolution < 8 or snapshots < 1 or t_end <= 0:
+        raise UnstableSettings(
+            f"need resolution >= 8, snapshots >= 1, t_end > 0; got {resolution}, {snapshots}, {t_end}"
+        )
+
+
 @dataclass
 class Trajectories:
     """A batch of simulated trajectories.

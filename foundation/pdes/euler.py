@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import PDEFamily, Trajectories, UnstableSettings
+from .base import PDEFamily, Trajectories, UnstableSettings, snapshot_times
 
 GAMMA = 1.4
 DOMAIN = {"extent": [[0.0, 1.0], [0.0, 1.0]], "periodic": [True, True]}
@@ -564,7 +564,7 @@ def simulate(
     )
     W0 = initial_condition(family, batch, (nx, ny), generator)
     U0 = primitive_to_conservative(W0, gamma).to(device=device, dtype=dtype)
-    times = np.linspace(0.0, t_end, snapshots) if snapshots > 1 else np.zeros(1)
+    times = snapshot_times(t_end, snapshots)
     states, steps = solver.run(U0, times.tolist(), cfl=cfl)
     settings = {
         "solver": "finite volume, unsplit",

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.hdf5 import H5TrajectoryWriter
-from .base import UnstableSettings
+from .base import PDEFamily, Trajectories, UnstableSettings
 
 
 def generate(
@@ -60,22 +60,9 @@ def generate(
     from . import get_family
 
     family = get_family(family_id)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; refusing to write over it (pass overwrite=True / --overwrite)")
+    out = refuse_existing(out, overwrite)
     snapshots = (1 if family.steady else 21) if snapshots is None else snapshots
-    if n < 1 or batch < 1:
-        raise UnstableSettings(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
-    unknown = set(params) - set(family.params) - {"t_end", "t_start", "dtype"}
-    if unknown:
-        raise UnstableSettings(f"{family_id}: unknown parameters {sorted(unknown)}; known: {sorted(family.params)}")
-    merged = {**family.params, **params}
-    skipped = _burn_in(family, snapshots, merged)  # snapshots simulated before the stored ones
-    count = -(-n // batch)
-    batches = list(range(count)) if batches is None else batches
-    if not batches or any(not 0 <= b < count for b in batches):
-        raise UnstableSettings(f"batches {batches} are not among the {count} batches of n={n}, batch={batch}")
-    sizes = [min(batch, n - b * batch) for b in batches]  # batch b holds trajectories b * batch, ... of the request
+    merged, skipped, batches, sizes = _plan(family_id, family, n, batch, snapshots, batches, params)
     writer, start, first = None, time.time(), 0
     bar = tqdm(total=sum(sizes), desc=family_id, unit="traj", disable=not progress)
     try:
@@ -83,29 +70,9 @@ def generate(
             generator = torch.Generator().manual_seed(seed * 1_000_003 + b)
             result = _simulate(family, size, resolution, snapshots, generator, device, skipped, merged)
             if writer is None:  # the first batch fixes times and settings
-                writer = H5TrajectoryWriter(
-                    out,
-                    n=sum(sizes),
-                    times=result.times,
-                    channel_names=list(family.channel_names),
-                    grid=(resolution, resolution),
-                    static_names=list(family.static_names),
-                    time_scale=float(result.times[-1] - result.times[0]) if len(result.times) > 1 else 1.0,
-                    splits=splits,
-                    steady=family.steady,
-                    overwrite=overwrite,
-                    pde={"id": family_id, **{k: v for k, v in merged.items() if k != "dtype"}},
-                    domain=family.domain,
-                    provenance={
-                        "solver": getattr(family.simulate, "func", family.simulate).__module__,  # partials too
-                        "settings": result.settings,
-                        "seed": seed,
-                        "batch": batch,
-                        "device": device,
-                        "torch": torch.__version__,
-                        "python": platform.python_version(),
-                        **(provenance or {}),
-                    },
+                run = {"seed": seed, "batch": batch, "device": device}
+                writer = _open_writer(
+                    out, family_id, family, result, sum(sizes), resolution, merged, splits, overwrite, run, provenance
                 )
             writer.write(
                 slice(first, first + size),
@@ -122,6 +89,84 @@ def generate(
         bar.close()
     writer.meta["provenance"]["seconds"] = round(time.time() - start, 2)
     return writer.close()
+
+
+def refuse_existing(out: str | os.PathLike, overwrite: bool) -> Path:
+    """`out` as a Path, refused before any work if it exists (unless `overwrite`): one rule for `generate` and
+    its sharded form `foundation.pdes.shards.generate_sharded`.
+
+    Raises:
+        FileExistsError: `out` exists and `overwrite` is off.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; refusing to write over it (pass overwrite=True / --overwrite)")
+    return out
+
+
+def _plan(
+    family_id: str,
+    family: PDEFamily,
+    n: int,
+    batch: int,
+    snapshots: int,
+    batches: list[int] | None,
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], int, list[int], list[int]]:
+    """The checked request: (PDE parameters with the family's defaults, burn-in snapshots, the batches to
+    simulate, their sizes); UnstableSettings naming what cannot be simulated, before anything is."""
+    if n < 1 or batch < 1:
+        raise UnstableSettings(f"need n >= 1 and batch >= 1, got n={n}, batch={batch}")
+    unknown = set(params) - set(family.params) - {"t_end", "t_start", "dtype"}
+    if unknown:
+        raise UnstableSettings(f"{family_id}: unknown parameters {sorted(unknown)}; known: {sorted(family.params)}")
+    merged = {**family.params, **params}
+    skipped = _burn_in(family, snapshots, merged)  # snapshots simulated before the stored ones
+    count = -(-n // batch)
+    batches = list(range(count)) if batches is None else batches
+    if not batches or any(not 0 <= b < count for b in batches):
+        raise UnstableSettings(f"batches {batches} are not among the {count} batches of n={n}, batch={batch}")
+    sizes = [min(batch, n - b * batch) for b in batches]  # batch b holds trajectories b * batch, ... of the request
+    return merged, skipped, batches, sizes
+
+
+def _open_writer(
+    out: Path,
+    family_id: str,
+    family: PDEFamily,
+    result: Trajectories,
+    n: int,
+    resolution: int,
+    params: dict[str, Any],
+    splits: dict[str, tuple[int, int]] | None,
+    overwrite: bool,
+    run: dict[str, Any],
+    extra: dict[str, Any] | None,
+) -> H5TrajectoryWriter:
+    """The writer of the `n` trajectories of a request, its times and solver settings those of the first batch
+    `result`; provenance: the solver and its settings, `run` (seed, batch, device), the versions, then `extra`."""
+    return H5TrajectoryWriter(
+        out,
+        n=n,
+        times=result.times,
+        channel_names=list(family.channel_names),
+        grid=(resolution, resolution),
+        static_names=list(family.static_names),
+        time_scale=float(result.times[-1] - result.times[0]) if len(result.times) > 1 else 1.0,
+        splits=splits,
+        steady=family.steady,
+        overwrite=overwrite,
+        pde={"id": family_id, **{k: v for k, v in params.items() if k != "dtype"}},
+        domain=family.domain,
+        provenance={
+            "solver": getattr(family.simulate, "func", family.simulate).__module__,  # partials too
+            "settings": result.settings,
+            **run,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            **(extra or {}),
+        },
+    )
 
 
 def _burn_in(family, snapshots: int, params: dict[str, Any]) -> int:

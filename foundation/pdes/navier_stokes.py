@@ -17,12 +17,11 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import torch
 from torch_cfd.grids import Grid
 from torch_cfd.spectral import RK4CrankNicolsonStepper, vorticity_to_velocity
 
-from .base import PDEFamily, Trajectories, UnstableSettings
+from .base import PDEFamily, Trajectories, UnstableSettings, snapshot_times
 
 DOMAIN = {"extent": [[0.0, 1.0], [0.0, 1.0]], "periodic": [True, True]}
 
@@ -202,7 +201,7 @@ def simulate(
     state = initial_vorticity(family, batch, eq, generator)[:, None]
     if tracer:
         state = torch.cat([state, initial_tracer(batch, eq, generator)[:, None]], dim=1)
-    times = np.linspace(0.0, t_end, snapshots) if snapshots > 1 else np.zeros(1)
+    times = snapshot_times(t_end, snapshots)
     frames, steps, t = [], 0, 0.0
     for target in times:
         state, n_steps = _advance(state, eq, stepper, t, float(target), cfl, family)

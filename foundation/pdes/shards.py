@@ -89,11 +89,9 @@ def generate_sharded(
     Returns the merged file on rank 0 (with `merge`), else this rank's shard. On GPUs pass device="cuda": rank r
     uses its local GPU.
     """
-    from .generate import generate
+    from .generate import generate, refuse_existing
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; refusing to write over it (pass overwrite=True / --overwrite)")
+    out = refuse_existing(out, overwrite)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of {world_size}")
     if device == "cuda":  # its local GPU; a task bound to one GPU (srun --gpus-per-task=1) sees it as cuda:0

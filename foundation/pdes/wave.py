@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import torch
 
-from .base import PDEFamily, Trajectories, UnstableSettings
+from .base import PDEFamily, Trajectories, UnstableSettings, check_grid_and_span, snapshot_times
 from .spectral import gaussian_bumps, laplacian, mesh, wavenumbers
 
 DOMAIN = {"extent": [[0.0, 1.0], [0.0, 1.0]], "periodic": [True, True]}
@@ -69,10 +68,7 @@ def simulate(
     dtype: torch.dtype = torch.float64,
 ) -> Trajectories:
     """u at `snapshots` times in [0, t_end], starting from Gaussian pulses at rest; c as the static field."""
-    if resolution < 8 or snapshots < 1 or t_end <= 0:
-        raise UnstableSettings(
-            f"need resolution >= 8, snapshots >= 1, t_end > 0; got {resolution}, {snapshots}, {t_end}"
-        )
+    check_grid_and_span(resolution, snapshots, t_end)
     if not 0 < cfl <= 1.0:
         raise UnstableSettings(f"cfl {cfl} outside (0, 1]: leapfrog is unstable beyond dt * c * |k|max = 2")
     X, Y = mesh(resolution, device, dtype)
@@ -85,7 +81,7 @@ def simulate(
     v = torch.zeros_like(u)
     c2 = c**2
     dt_max = cfl * max_stable_dt(float(c.max()), resolution)
-    times = np.linspace(0.0, t_end, snapshots) if snapshots > 1 else np.zeros(1)
+    times = snapshot_times(t_end, snapshots)
     frames, steps, t = [u], 0, 0.0
     for target in times[1:]:
         n_sub = max(1, math.ceil((target - t) / dt_max))
