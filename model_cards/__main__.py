@@ -7,14 +7,16 @@ python -m model_cards publish RUN_DIR --repo-id ORG/NAME --release-dir DIR [--pr
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from foundation.cli import guarded
 
 from .publish import describe, plan_operations, prepare_release, publish
 from .render import collect_run, render_dataset_card, render_model_card
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model_cards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -42,47 +44,69 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("--benchmark", help="a finetune.benchmark output folder: its table goes in the card")
     pub.add_argument("--dry-run", action="store_true", help="stop after the folder and the planned operations")
     pub.add_argument("--overwrite", action="store_true", help="replace the local folder / remote revision")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "render":
-            card = render_model_card(
-                collect_run(args.run_dir, args.benchmark),
-                args.repo_id,
-                license=args.license,
-                base_model=args.base_model,
-            )
-            if args.out:
-                card.save(args.out)
-            else:
-                print(card.content)
-        elif args.command == "dataset-card":
-            from foundation.data import open_source
+    return parser
 
-            card = render_dataset_card(open_source(args.spec), args.repo_id)
-            if args.out:
-                card.save(args.out)
-            else:
-                print(card.content)
-        else:
-            files = prepare_release(
-                args.run_dir,
-                args.release_dir,
-                args.repo_id,
-                overwrite=args.overwrite,
-                license=args.license,
-                base_model=args.base_model,
-                benchmark=args.benchmark,
-            )
-            ops = plan_operations(
-                Path(args.release_dir), args.repo_id, private=args.private, revision=args.revision, message=args.message
-            )
-            print(describe(files, ops))
-            if not args.dry_run:
-                print(publish(ops, overwrite=args.overwrite))
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+def _render(args: argparse.Namespace) -> None:
+    card = render_model_card(
+        collect_run(args.run_dir, args.benchmark),
+        args.repo_id,
+        license=args.license,
+        base_model=args.base_model,
+    )
+    if args.out:
+        card.save(args.out)
+    else:
+        print(card.content)
+
+
+def _dataset_card(args: argparse.Namespace) -> None:
+    from foundation.data import open_source  # the data package only for this command
+
+    card = render_dataset_card(open_source(args.spec), args.repo_id)
+    if args.out:
+        card.save(args.out)
+    else:
+        print(card.content)
+
+
+def _publish(args: argparse.Namespace) -> None:
+    files = prepare_release(
+        args.run_dir,
+        args.release_dir,
+        args.repo_id,
+        overwrite=args.overwrite,
+        license=args.license,
+        base_model=args.base_model,
+        benchmark=args.benchmark,
+    )
+    ops = plan_operations(
+        Path(args.release_dir), args.repo_id, private=args.private, revision=args.revision, message=args.message
+    )
+    print(describe(files, ops))
+    if not args.dry_run:
+        print(publish(ops, overwrite=args.overwrite))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "render": _render,
+    "dataset-card": _dataset_card,
+    "publish": _publish,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input (no finished run, a release folder in the way, an unreadable file) ends in one
+    `error: ...` line on stderr and exit code 2 (`foundation.cli.guarded`).
+
+    Args:
+        argv: The arguments (default: the command line).
+
+    Returns:
+        The exit code: 0, or 2 on bad input.
+    """
+    args = _parser().parse_args(argv)
+    return guarded(lambda: _COMMANDS[args.command](args))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,22 @@ def prepare_release(
     `benchmark` names a `finetune.benchmark` folder) and return its file names.
 
     Refuses an existing folder unless `overwrite`; the folder appears complete or not at all.
+
+    Args:
+        run_dir: The finished run (`model_cards.render.collect_run` reads it).
+        release_dir: The folder to write.
+        repo_id: The Hub repository the card is for.
+        overwrite: Replace an existing `release_dir`.
+        license: The card's license identifier.
+        base_model: The card's base model (default: the run's `init_from` when it is a Hub repo id, not a path).
+        benchmark: A `finetune.benchmark` output folder whose table goes in the card.
+
+    Returns:
+        The names of the release folder's entries, sorted.
+
+    Raises:
+        FileExistsError: `release_dir` exists and `overwrite` is off.
+        FileNotFoundError: `run_dir` has no exported model, or `benchmark` is not a benchmark folder.
     """
     run, out = Path(run_dir), Path(release_dir)
     if out.exists() and not overwrite:
@@ -47,31 +63,36 @@ def prepare_release(
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    for name in MODEL_FILES:
-        if (run / "model" / name).exists():
-            shutil.copy2(run / "model" / name, partial / name)
-    for name in RUN_FILES:
-        if (run / name).exists():
-            shutil.copy2(run / name, partial / name)
-    if (run / "evaluation").is_dir():
-        (partial / "evaluation").mkdir()
-        for name in EVALUATION_FILES:
-            if (run / "evaluation" / name).exists():
-                shutil.copy2(run / "evaluation" / name, partial / "evaluation" / name)
-    if (run / "horizon" / "horizon.json").exists():  # rollouts past the training window, when evaluated
-        (partial / "horizon").mkdir()
-        for name in ("horizon.json", "horizon.png"):
-            if (run / "horizon" / name).exists():
-                shutil.copy2(run / "horizon" / name, partial / "horizon" / name)
-    if (run / "adapter" / "adapter_config.json").exists():  # LoRA: the adapters too (the weights are merged)
-        shutil.copytree(run / "adapter", partial / "adapter")
-    if benchmark is not None:
-        shutil.copy2(Path(benchmark) / "benchmark.json", partial / "benchmark.json")
+    _copy_run_files(run, partial, benchmark)
     card.save(partial / "README.md")
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
     return sorted(p.name for p in out.iterdir())
+
+
+def _copy_run_files(run: Path, release: Path, benchmark: str | Path | None) -> None:
+    """Copy what a release holds besides its card from the run (and the benchmark folder) into `release`."""
+    for name in MODEL_FILES:
+        if (run / "model" / name).exists():
+            shutil.copy2(run / "model" / name, release / name)
+    for name in RUN_FILES:
+        if (run / name).exists():
+            shutil.copy2(run / name, release / name)
+    if (run / "evaluation").is_dir():
+        (release / "evaluation").mkdir()
+        for name in EVALUATION_FILES:
+            if (run / "evaluation" / name).exists():
+                shutil.copy2(run / "evaluation" / name, release / "evaluation" / name)
+    if (run / "horizon" / "horizon.json").exists():  # rollouts past the training window, when evaluated
+        (release / "horizon").mkdir()
+        for name in ("horizon.json", "horizon.png"):
+            if (run / "horizon" / name).exists():
+                shutil.copy2(run / "horizon" / name, release / "horizon" / name)
+    if (run / "adapter" / "adapter_config.json").exists():  # LoRA: the adapters too (the weights are merged)
+        shutil.copytree(run / "adapter", release / "adapter")
+    if benchmark is not None:
+        shutil.copy2(Path(benchmark) / "benchmark.json", release / "benchmark.json")
 
 
 def plan_operations(
@@ -81,7 +102,18 @@ def plan_operations(
     revision: str | None = None,
     message: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The Hub operations `publish` would perform, in order."""
+    """The Hub operations `publish` would perform, in order.
+
+    Args:
+        release_dir: The folder `prepare_release` wrote.
+        repo_id: The Hub model repository.
+        private: Create the repository private.
+        revision: The branch to upload to (created if missing; default main).
+        message: The commit message (default: "Upload <name> with pde-foundation").
+
+    Returns:
+        create_repo, create_branch (off main only) and upload_folder, as plain dicts.
+    """
     release = Path(release_dir)
     branch = revision or "main"
     ops: list[dict[str, Any]] = [{"op": "create_repo", "repo_id": repo_id, "repo_type": "model", "private": private}]
@@ -101,7 +133,20 @@ def plan_operations(
 
 
 def publish(operations: list[dict[str, Any]], overwrite: bool = False, token: str | None = None) -> str:
-    """Carry out `operations` on the Hub; refuses to write over an existing model at that revision."""
+    """Carry out `operations` on the Hub; refuses to write over an existing model at that revision.
+
+    Args:
+        operations: What `plan_operations` planned (the last one the upload).
+        overwrite: Upload even where the revision already holds a model.
+        token: A Hub token (default: the stored login or HF_TOKEN).
+
+    Returns:
+        The URL of the upload's commit.
+
+    Raises:
+        FileExistsError: The revision already holds a model and `overwrite` is off.
+        ValueError: No upload_folder operation was planned.
+    """
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)  # None: the stored login or HF_TOKEN, never echoed
@@ -128,4 +173,10 @@ def publish(operations: list[dict[str, Any]], overwrite: bool = False, token: st
 
 
 def describe(files: list[str], operations: list[dict[str, Any]]) -> str:
+    """The release's files and planned operations as indented JSON (what `publish --dry-run` prints).
+
+    Args:
+        files: The release folder's file names (`prepare_release`).
+        operations: The planned Hub operations (`plan_operations`).
+    """
     return json.dumps({"files": files, "operations": operations}, indent=2)

@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from foundation.configuration_scot import PRESETS
 from foundation.evaluation import HEADLINE, metric_key
 
+if TYPE_CHECKING:  # only for the annotation: the data package is not needed to render a model card
+    from foundation.data import TrajectorySource
+
+# lead_time_table .. refiner_note are each empty or open with their own newline, so `{{-` strips the template's
+# newline between them: one slot a line, yet the sections follow each other as if concatenated.
 MODEL_TEMPLATE = """---
 {{ card_data }}
 ---
@@ -51,7 +57,12 @@ Median over validation pairs of the per-sample relative L1 error (%), per channe
 groups (the Poseidon metric), on normalised fields (each channel scaled by the statistics the model carries).
 
 {{ eval_table }}
-{{ lead_table }}
+{{ lead_time_table }}
+{{- validation_curve }}
+{{- validation_rollout }}
+{{- held_out_evaluation }}
+{{- horizon }}
+{{- refiner_note }}
 {{ plot }}
 {{ benchmark }}
 ## How to use
@@ -121,13 +132,33 @@ float32 [N, S, H, W]; metadata as JSON root attributes. Open it with
 """
 
 
+_DEFAULT_LIMITATIONS = (
+    "Trained on the datasets above only: other PDEs, boundary conditions, grids far from the training grid "
+    "and lead times beyond 1.0 are extrapolation. Errors are medians over validation pairs; tails are worse. "
+    "Channels a dataset lacks were masked, so the model's predictions for them on such inputs are untrained."
+)
+
+# Validation metrics are on normalised fields (foundation.evaluation names the space in every key).
+_VALIDATION_MEDIAN = metric_key("median", 1, "normalised", "")
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def collect_run(run_dir: str | Path, benchmark: str | Path | None = None) -> dict[str, Any]:
-    """Everything a model card says, read from a pretraining (or fine-tuning) run directory, plus the downstream
-    benchmark of the model (`python -m finetune.benchmark` output folder) when given."""
+    """Everything a model card says, read from a pretraining (or fine-tuning) run directory.
+
+    Args:
+        run_dir: The run's output directory (it holds `model/config.json` once the run has finished).
+        benchmark: A `python -m finetune.benchmark` output folder: the model's downstream benchmark, if given.
+
+    Returns:
+        The `meta` that `render_model_card` renders.
+
+    Raises:
+        FileNotFoundError: The run has no exported model, or `benchmark` is not a benchmark folder.
+    """
     run = Path(run_dir)
     config = _read_json(run / "model" / "config.json")
     if config is None:
@@ -166,14 +197,11 @@ def _count_parameters(path: Path) -> int | None:
 
 
 def _size_name(config: dict) -> str:
+    """The preset whose width and depths the model has (the card's `scot-<size>` tag), or "custom"."""
     embed, depths = config.get("embed_dim"), config.get("depths")
-    for name, (e, d) in {
-        "T": (48, [4, 4, 4, 4]),
-        "B": (96, [8, 8, 8, 8]),
-        "L": (192, [8, 8, 8, 8]),
-        "tiny": (24, [2, 2, 2, 2]),
-    }.items():
-        if embed == e and depths == d:
+    for name, preset in PRESETS.items():
+        # Width and depths name the size; grid, patch and window may differ (a B fine-tuned at 64 x 64 is a B).
+        if embed == preset["embed_dim"] and depths == preset["depths"]:
             return name
     return "custom"
 
@@ -185,33 +213,89 @@ def render_model_card(
     base_model: str | None = None,
     limitations: str | None = None,
 ) -> ModelCard:
-    """A ModelCard (YAML front matter with model-index, then the sections) for the run in `meta`."""
-    config, metrics, args = meta["config"], meta["metrics"], meta["args"]
+    """A ModelCard (YAML front matter with model-index, then the sections) for the run in `meta`.
+
+    Args:
+        meta: What `collect_run` read from the run directory.
+        repo_id: The Hub repository the card is for ("org/name"; the name titles the card).
+        license: The license identifier of the front matter.
+        base_model: The model this one was fine-tuned from (front matter and summary), if any.
+        limitations: The Limitations section (default: what holds for any run of this toolkit).
+
+    Returns:
+        The card; `str(card)` is the README.md.
+    """
+    config, metrics, args, result = meta["config"], meta["metrics"], meta["args"], meta["result"]
     train = args.get("train", {})
     name = repo_id.split("/")[-1]
     size = _size_name(config)
-    # validation metrics are on normalised fields (foundation.evaluation names the space in every key)
-    median = metric_key("median", 1, "normalised", "")
-    groups = [k[len(median) :] for k in metrics if k.startswith(median) and k != median + "mean"]
-    eval_results = []
-    for dataset, values in (metrics.get("by_dataset") or {}).items():
-        for group in groups + ["mean"]:
-            if median + group not in values:
-                continue
-            eval_results.append(
-                EvalResult(
-                    task_type="time-series-forecasting",
-                    task_name="PDE operator learning",
-                    dataset_type=dataset,
-                    dataset_name=dataset,
-                    dataset_split="validation",
-                    metric_type="median_relative_l1",
-                    metric_name=f"median relative L1 (%, normalised) {group}",
-                    metric_value=round(values[median + group], 3),
-                )
-            )
-    if not eval_results and median + "mean" in metrics:
-        eval_results.append(
+    groups = _validation_groups(metrics)
+    return ModelCard.from_template(
+        _front_matter(meta, name, size, groups, license, base_model),
+        template_str=MODEL_TEMPLATE,
+        model_name=name,
+        repo_id=repo_id,
+        size=size,
+        summary=(f"Fine-tuned from `{base_model}`." if base_model else "Pretrained with the pde-foundation toolkit."),
+        parameters=f"{meta['parameters']:,}" if meta.get("parameters") else "?",
+        **_architecture_slots(config),
+        data_table=_training_data_table(meta["datasets"]),
+        procedure=_procedure(args, result),
+        eval_table=_validation_table(metrics, groups),
+        lead_time_table=_lead_time_table(metrics),
+        validation_curve=_validation_curve(meta.get("validation_curve") or [], train.get("batch_size")),
+        validation_rollout=_rollout_table(metrics.get("rollout"), "validation trajectories, normalised fields"),
+        held_out_evaluation=_evaluation_section(meta.get("evaluation"), result),
+        horizon=_horizon_section(meta.get("horizon")),
+        refiner_note=_refiner_note(repo_id) if meta.get("refined") else "",
+        plot=f"\n![predictions against ground truth]({meta['plot']})\n" if meta.get("plot") else "",
+        benchmark=_benchmark_section(meta.get("benchmark")),
+        limitations=limitations or _DEFAULT_LIMITATIONS,
+    )
+
+
+def _front_matter(
+    meta: dict[str, Any], name: str, size: str, groups: list[str], license: str, base_model: str | None
+) -> ModelCardData:
+    """The card's YAML metadata: license, lineage, tags, training datasets and the model-index results."""
+    return ModelCardData(
+        license=license,
+        library_name="pde-foundation",
+        model_name=name,
+        base_model=base_model,
+        tags=["pde", "neural-operator", "scot", "poseidon", "physics", f"scot-{size}"],
+        datasets=_dataset_names(meta["datasets"]) or None,
+        metrics=["median_relative_l1"],
+        eval_results=_eval_results(meta["metrics"], groups) or None,
+    )
+
+
+def _validation_groups(metrics: dict) -> list[str]:
+    """The channel groups the validation metrics name, in their order (the mean over groups left out)."""
+    median = _VALIDATION_MEDIAN
+    return [k[len(median) :] for k in metrics if k.startswith(median) and k != median + "mean"]
+
+
+def _eval_results(metrics: dict, groups: list[str]) -> list[EvalResult]:
+    """The model-index entries: one per dataset and channel group (and their mean), else the overall mean."""
+    median = _VALIDATION_MEDIAN
+    results = [
+        EvalResult(
+            task_type="time-series-forecasting",
+            task_name="PDE operator learning",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split="validation",
+            metric_type="median_relative_l1",
+            metric_name=f"median relative L1 (%, normalised) {group}",
+            metric_value=round(values[median + group], 3),
+        )
+        for dataset, values in (metrics.get("by_dataset") or {}).items()
+        for group in groups + ["mean"]
+        if median + group in values
+    ]
+    if not results and median + "mean" in metrics:  # a run validated without a per-dataset breakdown
+        results.append(
             EvalResult(
                 task_type="time-series-forecasting",
                 dataset_type="validation",
@@ -221,90 +305,18 @@ def render_model_card(
                 metric_value=round(metrics[median + "mean"], 3),
             )
         )
-    datasets = [d.get("provenance", {}).get("source") or Path(d["spec"].split(":")[-1]).stem for d in meta["datasets"]]
-    card_data = ModelCardData(
-        license=license,
-        library_name="pde-foundation",
-        model_name=name,
-        base_model=base_model,
-        tags=["pde", "neural-operator", "scot", "poseidon", "physics", f"scot-{size}"],
-        datasets=datasets or None,
-        metrics=["median_relative_l1"],
-        eval_results=eval_results or None,
-    )
+    return results
+
+
+def _dataset_names(datasets: list[dict]) -> list[str]:
+    """The front matter's datasets: each one's source as its provenance names it, else its file's stem."""
+    return [d.get("provenance", {}).get("source") or Path(d["spec"].split(":")[-1]).stem for d in datasets]
+
+
+def _architecture_slots(config: dict) -> dict[str, Any]:
+    """The Architecture table and the How-to-use snippet: geometry, channels, lead time, other grids."""
     grid = config["image_size"] if isinstance(config["image_size"], list) else [config["image_size"]] * 2
-    data_rows = ["| dataset | PDE | channels | static | time scale | provenance |", "|---|---|---|---|---|---|"]
-    for d in meta["datasets"]:
-        pde = d.get("pde", {}).get("id", "")
-        prov = d.get("provenance", {})
-        origin = prov.get("solver") or prov.get("layout") or prov.get("source") or ""
-        seed = f", seed {prov['seed']}" if "seed" in prov else ""
-        data_rows.append(
-            f"| `{d['spec']}` | {pde} | {', '.join(d['channels'])} | {', '.join(d['static']) or '-'} "
-            f"| {d['time_scale']:g} | {origin}{seed} |"
-        )
-    result = meta["result"]
-    procedure = "\n".join(
-        [
-            f"- optimiser AdamW, peak learning rate {train.get('learning_rate')}, weight decay "
-            f"{train.get('weight_decay')}, {train.get('warmup_steps')} warm-up steps then cosine decay "
-            f"(floor {train.get('min_lr_ratio')}), gradient clipping {train.get('max_grad_norm')}",
-            f"- {train.get('max_steps')} steps, batch {train.get('batch_size')} per process x "
-            f"{args.get('processes', 1)} process(es) x {train.get('gradient_accumulation_steps')} accumulation, "
-            f"precision {train.get('precision')}, seed {train.get('seed')}",
-            f"- all2all pairs: stride {args.get('data', {}).get('stride')}, identity pairs "
-            f"{args.get('data', {}).get('include_identity')}; loss: relative L1 per channel group, channels a "
-            f"dataset lacks masked out",
-            f"- hardware: {args.get('distributed', '?')} on {args.get('device', '?')}, torch {args.get('torch', '?')}",
-            f"- throughput: {result.get('samples_per_s_per_process', '?')} samples/s per process, MFU "
-            f"{result.get('mfu', '?')} ({result.get('train_gflop_per_sample', '?')} GFLOP per sample, peak "
-            f"{result.get('peak_tflops', '?')} TFLOP/s {result.get('peak_source', '')})",
-        ]
-    )
-    tune = args.get("finetune")
-    if tune:  # a fine-tuning run (finetune.trainer): say how, since the numbers depend on it
-        how = f"- fine-tuning strategy `{tune['strategy']}`" + (" (from scratch)" if tune.get("from_scratch") else "")
-        how += f"; embedding/recovery lr {tune['head_learning_rate']}"
-        how += f", time-conditioned norms lr {tune['norm_learning_rate']}"
-        if tune["strategy"] == "lora":
-            how += f"; LoRA rank {tune['lora_rank']}, alpha {tune['lora_alpha']} on {', '.join(tune['lora_targets'])}"
-        if tune["strategy"] == "refiner":
-            how += (
-                f"; Spectral-Refiner on the {tune['refiner_loss']} H^-{tune['sobolev_s']} loss "
-                f"(alpha {tune['sobolev_alpha']:.3g}), {tune['refiner_steps']} steps, early stopping on validation"
-            )
-        procedure += "\n" + how
-    eval_rows = ["| dataset | " + " | ".join(groups) + " | mean |", "|---|" + "---|" * (len(groups) + 1)]
-    for dataset, values in (metrics.get("by_dataset") or {"all": metrics}).items():
-        cells = [f"{values[median + g]:.2f}" if median + g in values else "-" for g in groups]
-        eval_rows.append(f"| {dataset} | " + " | ".join(cells) + f" | {values.get(median + 'mean', 0):.2f} |")
-    leads = metrics.get("by_lead_time") or {}
-    lead_table = ""
-    if leads:
-        lead_table = (
-            "\n| lead time | " + " | ".join(leads) + " |\n|---|" + "---|" * len(leads) + "\n| mean median "
-            "rel. L1 (%) | " + " | ".join(f"{v[median + 'mean']:.2f}" for v in leads.values()) + " |\n"
-        )
-    lead_table += _validation_curve(meta.get("validation_curve") or [], train.get("batch_size"))
-    lead_table += _rollout_table(metrics.get("rollout"), "validation trajectories, normalised fields")
-    lead_table += _evaluation_section(meta.get("evaluation"), result)
-    lead_table += _horizon_section(meta.get("horizon"))
-    if meta.get("refined"):
-        lead_table += (
-            "\n**Spectral-Refiner head.** This repository holds a spectral head beside the weights "
-            f'(`spectral_head.safetensors`): load it with `finetune.load_model("{repo_id}")`. '
-            "`ScOT.from_pretrained` refuses it (it would drop the head; `ignore_spectral_head=True` loads the scOT "
-            "underneath on purpose), and the validation table above was measured "
-            "before the refinement.\n"
-        )
-    return ModelCard.from_template(
-        card_data,
-        template_str=MODEL_TEMPLATE,
-        model_name=name,
-        repo_id=repo_id,
-        size=size,
-        summary=(f"Fine-tuned from `{base_model}`." if base_model else "Pretrained with the pde-foundation toolkit."),
-        parameters=f"{meta['parameters']:,}" if meta.get("parameters") else "?",
+    return dict(
         grid=f"{grid[0]} x {grid[1]}",
         grid_h=grid[0],
         grid_w=grid[1],
@@ -322,18 +334,93 @@ def render_model_card(
             if config.get("input_resampling") == "fourier"
             else "run natively (padding to patch and window multiples)"
         ),
-        data_table="\n".join(data_rows),
-        procedure=procedure,
-        eval_table="\n".join(eval_rows),
-        lead_table=lead_table,
-        plot=f"\n![predictions against ground truth]({meta['plot']})\n" if meta.get("plot") else "",
-        benchmark=_benchmark_section(meta.get("benchmark")),
-        limitations=limitations
-        or (
-            "Trained on the datasets above only: other PDEs, boundary conditions, grids far from the training grid "
-            "and lead times beyond 1.0 are extrapolation. Errors are medians over validation pairs; tails are worse. "
-            "Channels a dataset lacks were masked, so the model's predictions for them on such inputs are untrained."
-        ),
+    )
+
+
+def _training_data_table(datasets: list[dict]) -> str:
+    """The Training data table: one row per dataset, with where it came from."""
+    rows = ["| dataset | PDE | channels | static | time scale | provenance |", "|---|---|---|---|---|---|"]
+    for d in datasets:
+        pde = d.get("pde", {}).get("id", "")
+        prov = d.get("provenance", {})
+        origin = prov.get("solver") or prov.get("layout") or prov.get("source") or ""
+        seed = f", seed {prov['seed']}" if "seed" in prov else ""
+        rows.append(
+            f"| `{d['spec']}` | {pde} | {', '.join(d['channels'])} | {', '.join(d['static']) or '-'} "
+            f"| {d['time_scale']:g} | {origin}{seed} |"
+        )
+    return "\n".join(rows)
+
+
+def _procedure(args: dict, result: dict) -> str:
+    """The Training procedure list: optimiser, schedule, data, hardware, throughput, and how it was fine-tuned."""
+    train, data = args.get("train", {}), args.get("data", {})
+    lines = [
+        f"- optimiser AdamW, peak learning rate {train.get('learning_rate')}, weight decay "
+        f"{train.get('weight_decay')}, {train.get('warmup_steps')} warm-up steps then cosine decay "
+        f"(floor {train.get('min_lr_ratio')}), gradient clipping {train.get('max_grad_norm')}",
+        f"- {train.get('max_steps')} steps, batch {train.get('batch_size')} per process x "
+        f"{args.get('processes', 1)} process(es) x {train.get('gradient_accumulation_steps')} accumulation, "
+        f"precision {train.get('precision')}, seed {train.get('seed')}",
+        f"- all2all pairs: stride {data.get('stride')}, identity pairs "
+        f"{data.get('include_identity')}; loss: relative L1 per channel group, channels a "
+        f"dataset lacks masked out",
+        f"- hardware: {args.get('distributed', '?')} on {args.get('device', '?')}, torch {args.get('torch', '?')}",
+        f"- throughput: {result.get('samples_per_s_per_process', '?')} samples/s per process, MFU "
+        f"{result.get('mfu', '?')} ({result.get('train_gflop_per_sample', '?')} GFLOP per sample, peak "
+        f"{result.get('peak_tflops', '?')} TFLOP/s {result.get('peak_source', '')})",
+    ]
+    tune = args.get("finetune")
+    if tune:  # a fine-tuning run (finetune.trainer): say how, since the numbers depend on it
+        lines.append(_finetune_procedure(tune))
+    return "\n".join(lines)
+
+
+def _finetune_procedure(tune: dict) -> str:
+    """The procedure line of a fine-tuning run: strategy, learning rates, and the strategy's own settings."""
+    how = f"- fine-tuning strategy `{tune['strategy']}`" + (" (from scratch)" if tune.get("from_scratch") else "")
+    how += f"; embedding/recovery lr {tune['head_learning_rate']}"
+    how += f", time-conditioned norms lr {tune['norm_learning_rate']}"
+    if tune["strategy"] == "lora":
+        how += f"; LoRA rank {tune['lora_rank']}, alpha {tune['lora_alpha']} on {', '.join(tune['lora_targets'])}"
+    if tune["strategy"] == "refiner":
+        how += (
+            f"; Spectral-Refiner on the {tune['refiner_loss']} H^-{tune['sobolev_s']} loss "
+            f"(alpha {tune['sobolev_alpha']:.3g}), {tune['refiner_steps']} steps, early stopping on validation"
+        )
+    return how
+
+
+def _validation_table(metrics: dict, groups: list[str]) -> str:
+    """The Evaluation table: validation error per dataset (or over all pairs) and channel group."""
+    median = _VALIDATION_MEDIAN
+    rows = ["| dataset | " + " | ".join(groups) + " | mean |", "|---|" + "---|" * (len(groups) + 1)]
+    for dataset, values in (metrics.get("by_dataset") or {"all": metrics}).items():
+        cells = [f"{values[median + g]:.2f}" if median + g in values else "-" for g in groups]
+        rows.append(f"| {dataset} | " + " | ".join(cells) + f" | {values.get(median + 'mean', 0):.2f} |")
+    return "\n".join(rows)
+
+
+def _lead_time_table(metrics: dict) -> str:
+    """The validation error per lead time, averaged over channel groups."""
+    leads = metrics.get("by_lead_time") or {}
+    if not leads:
+        return ""
+    mean = _VALIDATION_MEDIAN + "mean"
+    return (
+        "\n| lead time | " + " | ".join(leads) + " |\n|---|" + "---|" * len(leads) + "\n| mean median "
+        "rel. L1 (%) | " + " | ".join(f"{v[mean]:.2f}" for v in leads.values()) + " |\n"
+    )
+
+
+def _refiner_note(repo_id: str) -> str:
+    """How to load a repository that holds a Spectral-Refiner head, and what its validation table measured."""
+    return (
+        "\n**Spectral-Refiner head.** This repository holds a spectral head beside the weights "
+        f'(`spectral_head.safetensors`): load it with `finetune.load_model("{repo_id}")`. '
+        "`ScOT.from_pretrained` refuses it (it would drop the head; `ignore_spectral_head=True` loads the scOT "
+        "underneath on purpose), and the validation table above was measured "
+        "before the refinement.\n"
     )
 
 
@@ -447,8 +534,14 @@ def _horizon_section(horizon: dict | None) -> str:
     return "\n".join(rows) + "\n"
 
 
-def render_dataset_card(source, repo_id: str, license: str = "apache-2.0") -> DatasetCard:
-    """A DatasetCard for a trajectory source (e.g. one written by `foundation.pdes`)."""
+def render_dataset_card(source: TrajectorySource, repo_id: str, license: str = "apache-2.0") -> DatasetCard:
+    """A DatasetCard for a trajectory source (e.g. one written by `foundation.pdes`).
+
+    Args:
+        source: The opened dataset (`foundation.data.open_source`).
+        repo_id: The Hub dataset repository the card is for ("org/name"; the name titles the card).
+        license: The license identifier of the front matter.
+    """
     info = source.info
     n, t, c, h, w = source.shape
     card_data = DatasetCardData(
