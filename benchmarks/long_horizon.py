@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON path (default: print only).")
     args = parser.parse_args()
 
-    from finetune.evaluate import load_model
+    from finetune import load_model
     from foundation.data import open_source
-    from foundation.evaluation import HEADLINE, horizon
+    from foundation.evaluation import horizon
     from foundation.plots import horizon_plot
 
     def run_horizon(folder: str, jump: float | None, split: str = "test", solver: bool = False) -> dict:
@@ -72,44 +72,31 @@ def main() -> None:
     out["all2all"]["horizon_by_jump"] = by_jump
     out["all2all"]["best_jump"] = float(best)
 
-    def final(result: dict) -> float:
-        return result["final"]["median_rel_l1_physical/mean"]
-
     step = load_model(Path(args.rollout) / "model").config.rollout_lead_time
     if step:  # what rollout training targets: chains of its own step
         own = out["rollout"]["horizon_own_step"] = run_horizon(args.rollout, step, solver=True)
         same = next((r for j, r in by_jump.items() if abs(float(j) - step) < 1e-6), None)
         if same is not None:
-            out["own_step_rollout_vs_all2all_same_jump"] = final(own) / final(same)
+            out["own_step_rollout_vs_all2all_same_jump"] = _final(own) / _final(same)
         # The same chains on training trajectories: a rollout model better there and worse on held-out ones has
         # memorised its sequences (too few trajectories, or one sequence each).
         out["own_step_chain_last_step_train_vs_test"] = {
-            name: {"train": final(run_horizon(folder, step, "train")), "test": final(test)}
+            name: {"train": _final(run_horizon(folder, step, "train")), "test": _final(test)}
             for name, folder, test in (("all2all", args.all2all, same), ("rollout", args.rollout, own))
             if test is not None
         }
 
-    rollout_final = final(out["rollout"]["horizon_default"])
+    rollout_final = _final(out["rollout"]["horizon_default"])
     out["ratios"] = {
-        "final_step_rollout_vs_all2all_default": rollout_final / final(out["all2all"]["horizon_default"]),
-        "final_step_rollout_vs_all2all_best_jump": rollout_final / final(by_jump[best]),
+        "final_step_rollout_vs_all2all_default": rollout_final / _final(out["all2all"]["horizon_default"]),
+        "final_step_rollout_vs_all2all_best_jump": rollout_final / _final(by_jump[best]),
         "in_window_rollout_vs_all2all": out["rollout"]["in_window_median_rel_l1_physical/mean"]
         / out["all2all"]["in_window_median_rel_l1_physical/mean"],
     }
 
-    def split(result: dict) -> dict:  # the last step's error and its parts (module docstring)
-        keys = ("from_truth", "solver_from_model", "call_on_own_state", "solver_from_truth")
-        return {"rolled_out": final(result), **{key: result.get(f"final_{key}", {}).get(HEADLINE) for key in keys}}
-
     # Holding the first snapshot: the reference both models must beat before their ratio means anything.
     out["persistence_last_step"] = out["all2all"]["horizon_default"]["final"].get("persistence")
-    splits = out["last_step_split"] = {"all2all": split(out["all2all"]["horizon_default"])}
-    shown = [best] + ([f"{step:g}"] if step and f"{step:g}" in by_jump and f"{step:g}" != best else [])
-    for jump in shown:  # its best jump, and the rollout model's own step
-        splits[f"all2all_jump_{jump}"] = split(by_jump[jump])
-    splits["rollout"] = split(out["rollout"]["horizon_default"])
-    if "horizon_own_step" in out["rollout"]:
-        splits["rollout_own_step"] = split(out["rollout"]["horizon_own_step"])
+    out["last_step_split"] = _last_step_splits(out, by_jump, best, step)
     out["targets"] = {"final_step": "<= 0.7", "in_window": "<= 1.1"}
     text = json.dumps(out, indent=2)
     print(text)
@@ -122,6 +109,29 @@ def main() -> None:
             "rollout-trained (default jump)": out["rollout"]["horizon_default"],
         }
         horizon_plot(curves, Path(args.out).with_suffix(".png"))
+
+
+def _final(result: dict) -> float:
+    return result["final"]["median_rel_l1_physical/mean"]
+
+
+def _last_step_splits(out: dict, by_jump: dict, best: str, step: float | None) -> dict:
+    """The last step's error and its parts (module docstring) for the all2all model (default, its best jump and
+    the rollout model's own step) and the rollout model (default and its own step)."""
+    from foundation.evaluation import HEADLINE
+
+    def split(result: dict) -> dict:
+        keys = ("from_truth", "solver_from_model", "call_on_own_state", "solver_from_truth")
+        return {"rolled_out": _final(result), **{key: result.get(f"final_{key}", {}).get(HEADLINE) for key in keys}}
+
+    splits = {"all2all": split(out["all2all"]["horizon_default"])}
+    shown = [best] + ([f"{step:g}"] if step and f"{step:g}" in by_jump and f"{step:g}" != best else [])
+    for jump in shown:
+        splits[f"all2all_jump_{jump}"] = split(by_jump[jump])
+    splits["rollout"] = split(out["rollout"]["horizon_default"])
+    if "horizon_own_step" in out["rollout"]:
+        splits["rollout_own_step"] = split(out["rollout"]["horizon_own_step"])
+    return splits
 
 
 if __name__ == "__main__":

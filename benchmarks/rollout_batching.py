@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
 
-    from finetune.evaluate import load_model
+    from finetune import load_model
     from foundation.data import open_source
     from foundation.evaluation import held_out_pairs, horizon, rollout
 

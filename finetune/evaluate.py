@@ -26,35 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from foundation import ScOT
-from foundation.data import DataError, open_source
+import torch
+
+from foundation.cli import fail, guarded
+from foundation.data import open_source
 from foundation.evaluation import ROLLOUT_STRATEGIES, evaluate, headline, horizon
 from foundation.plots import evaluation_plots, horizon_plot
 
-from .baselines import FNO_CONFIG, FNOBaseline
-from .refiner import HEAD_CONFIG, RefinedScOT
-
-
-# ----------------------------------------------------------------------------------------------- loading
-def load_model(path: str | Path):
-    """A fine-tuned model from a folder or Hub repo id: scOT, scOT + spectral head, or scOT + LoRA adapters."""
-    folder = Path(path)
-    if not folder.exists():
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(str(path)))
-    if (folder / "adapter_config.json").exists():
-        from .lora import load_adapter
-
-        return load_adapter(folder, merge=True)
-    if (folder / HEAD_CONFIG).exists():
-        return RefinedScOT.from_pretrained(folder).eval()
-    if (folder / FNO_CONFIG).exists():
-        return FNOBaseline.from_pretrained(folder)
-    return ScOT.from_pretrained(folder).eval()
+from .loading import load_model
 
 
 def evaluate_model(model, sources: list, out_dir: str | Path | None = None, plots: bool = True, **options) -> dict:
@@ -69,48 +50,54 @@ def evaluate_model(model, sources: list, out_dir: str | Path | None = None, plot
     return result
 
 
-def evaluate_run(model_dir: Path, specs: list[str], data_args, tune, out_dir: Path) -> dict:
-    """Evaluation of a fine-tuning run's exported model (and of the model before refinement, if any) on the
-    `tune.eval_split` of the sources `specs`, with the run's stride and snapshot limit (`data_args`) and the
-    evaluation options of `tune` (pairs, rollout trajectories, plots)."""
-    kwargs = dict(
-        split=tune.eval_split,
+def run_evaluation_options(data_args, tune) -> dict:
+    """The options of `foundation.evaluation.evaluate` a fine-tuning run sets: its stride and snapshot limit
+    (`data_args`), its `--eval_max_pairs` and `--eval_rollout_trajectories` (`tune`). The run's own evaluation and
+    every benchmark cell evaluate with these."""
+    return dict(
         stride=data_args.stride,
         max_snapshots=data_args.max_snapshots,
         max_pairs=tune.eval_max_pairs,
         rollout_trajectories=tune.eval_rollout_trajectories,
-        plots=tune.eval_plots,
     )
+
+
+def evaluate_run(model_dir: Path, specs: list[str], data_args, tune, out_dir: Path) -> dict:
+    """Evaluation of a fine-tuning run's exported model (and of the model before refinement, if any) on the
+    `tune.eval_split` of the sources `specs`, with the run's options (`run_evaluation_options`) and plots if
+    `tune.eval_plots`."""
+    kwargs = dict(split=tune.eval_split, plots=tune.eval_plots, **run_evaluation_options(data_args, tune))
+    # Opened once for both models: the evaluation normalises with each model's statistics without touching them.
     sources = [open_source(spec, fill_stats=True) for spec in specs]
     result = evaluate_model(load_model(model_dir), sources, out_dir=out_dir, **kwargs)
     before = model_dir.with_name("model-before-refiner")
     summary = headline(result)
     if before.exists():
-        sources = [open_source(spec, fill_stats=True) for spec in specs]
         previous = evaluate_model(load_model(before), sources, out_dir=out_dir / "before-refiner", **kwargs)
         summary["before_refiner"] = headline(previous)
     return summary
 
 
 # ----------------------------------------------------------------------------------------------- CLI
-def _horizon_main(args) -> int:
-    out = Path(args.out) if args.out else Path(args.model).with_name("horizon")
-    try:
-        from foundation.pdes.specs import resolve_specs
+def _model_and_sources(args: argparse.Namespace, out: Path) -> tuple[torch.nn.Module, list]:
+    """The model of `--model` and the opened sources of `--datasets` (generator specs write their files into
+    `out/data`)."""
+    from foundation.pdes.specs import resolve_specs
 
-        specs = resolve_specs(args.datasets, out / "data")
-        model = load_model(args.model)
-        sources = [open_source(spec, fill_stats=True) for spec in specs]
-        options = dict(
-            trajectories=args.rollout_trajectories, stride=args.stride, strategy=args.strategy, solver=args.solver
-        )
-        result = horizon(model, sources, split=args.split, max_lead=args.max_lead, **options)
-    except (DataError, ValueError, FileNotFoundError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    specs = resolve_specs(args.datasets, out / "data")
+    model = load_model(args.model)
+    return model, [open_source(spec, fill_stats=True) for spec in specs]
+
+
+def _horizon_main(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.model).with_name("horizon")
+    model, sources = _model_and_sources(args, out)
+    options = dict(
+        trajectories=args.rollout_trajectories, stride=args.stride, strategy=args.strategy, solver=args.solver
+    )
+    result = horizon(model, sources, split=args.split, max_lead=args.max_lead, **options)
     if not result:
-        print("error: no time-dependent trajectory to roll out in --datasets", file=sys.stderr)
-        return 2
+        return fail("no time-dependent trajectory to roll out in --datasets")
     out.mkdir(parents=True, exist_ok=True)
     (out / "horizon.json").write_text(json.dumps(result, indent=2))
     if not args.no_plots:
@@ -120,6 +107,25 @@ def _horizon_main(args) -> int:
         if key in result:
             summary[key] = result[key]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluation_main(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.model).with_name("evaluation")
+    model, sources = _model_and_sources(args, out)
+    result = evaluate_model(
+        model,
+        sources,
+        split=args.split,
+        out_dir=out,
+        max_pairs=args.max_pairs,
+        rollout_trajectories=args.rollout_trajectories,
+        stride=args.stride,
+        max_snapshots=args.max_snapshots,
+        plots=not args.no_plots,
+    )
+    summary = {k: round(v, 3) for k, v in headline(result).items()}
+    print(json.dumps({"evaluation": str(out / "evaluation.json"), **summary}, indent=2))
     return 0
 
 
@@ -145,32 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         help="With --horizon, files of foundation.pdes: the true dynamics continued from the rollout's own state.",
     )
     args = parser.parse_args(argv)
-    if args.horizon:
-        return _horizon_main(args)
-    out = Path(args.out) if args.out else Path(args.model).with_name("evaluation")
-    try:
-        from foundation.pdes.specs import resolve_specs
-
-        specs = resolve_specs(args.datasets, out / "data")
-        model = load_model(args.model)
-        sources = [open_source(spec, fill_stats=True) for spec in specs]
-        result = evaluate_model(
-            model,
-            sources,
-            split=args.split,
-            out_dir=out,
-            max_pairs=args.max_pairs,
-            rollout_trajectories=args.rollout_trajectories,
-            stride=args.stride,
-            max_snapshots=args.max_snapshots,
-            plots=not args.no_plots,
-        )
-    except (DataError, ValueError, FileNotFoundError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    summary = {k: round(v, 3) for k, v in headline(result).items()}
-    print(json.dumps({"evaluation": str(out / "evaluation.json"), **summary}, indent=2))
-    return 0
+    return guarded(lambda: _horizon_main(args) if args.horizon else _evaluation_main(args))
 
 
 if __name__ == "__main__":

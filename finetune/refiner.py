@@ -23,18 +23,29 @@ import copy
 import json
 import math
 import numbers
+import os
+import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from foundation import ScOT, ScOTFeatures, fourier_resample
-from foundation.data.source import DataError, box_lengths
+from foundation.compat import whole_weights_under_zero3
+from foundation.data.source import DataError, SourceInfo, box_lengths
 from foundation.evaluation import group_names, metric_key, per_sample_errors, summarise
 from foundation.losses import negative_sobolev_norm
 from foundation.modeling_scot import SPECTRAL_HEAD_CONFIG, decode_features
+
+if TYPE_CHECKING:
+    from foundation.data import Mixture
+
+    from .config import RefinerOptions
 
 HEAD_WEIGHTS = "spectral_head.safetensors"
 HEAD_CONFIG = SPECTRAL_HEAD_CONFIG
@@ -419,3 +430,108 @@ def split_indices(n: int, limit: int | None = None) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
     return np.linspace(0, n - 1, limit).round().astype(int)
+
+
+# ----------------------------------------------------------------------------------------------- after fine-tuning
+def refine_exported(
+    model_dir: Path,
+    fit_set: Mixture,
+    val_set: Mixture,
+    info: SourceInfo,
+    options: RefinerOptions,
+    val_pairs: int,
+    out_dir: Path,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Spectral-Refiner on the scOT exported in `model_dir` (`refine` on features cached from the pairs).
+
+    The refined model takes the place of `model_dir`; the unrefined one moves to `model-before-refiner/` beside
+    it; `out_dir/refiner_history.json` gets the history. Run it on one process: it loads whole weights.
+
+    Args:
+        model_dir: The exported model folder.
+        fit_set: The pairs the head fits (labels, or inputs for the residual loss), normalised as the run trained.
+        val_set: The pairs it is early-stopped on.
+        info: The (first) dataset's metadata: its box and, for the residual loss, its viscosity.
+        options: The run's `--refiner_*` and `--sobolev_*` options: what to fit and for how long.
+        val_pairs: Validation pairs whose features are cached (evenly spaced; the run's `--eval_pairs`).
+        out_dir: The run's folder.
+        seed: Of the refinement's batches.
+        log: Where progress lines go.
+
+    Returns:
+        The summary for result.json (pairs, timings, validation error before and after, steps, head size).
+    """
+    start = time.perf_counter()
+    with whole_weights_under_zero3():
+        model = ScOT.from_pretrained(model_dir).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    fit, val, residual = _cached(model, fit_set, val_set, info, options, val_pairs)
+    cached_s = time.perf_counter() - start
+    refined, history = refine(
+        model,
+        fit,
+        val,
+        steps=options.refiner_steps,
+        lr=options.refiner_learning_rate,
+        bias_lr=options.refiner_bias_learning_rate,
+        batch_size=options.refiner_batch_size,
+        s=options.sobolev_s,
+        alpha=options.sobolev_alpha,
+        lengths=box_lengths(info.domain),
+        residual=residual,
+        train_recovery=options.refiner_train_recovery,
+        eval_every=options.refiner_eval_every,
+        patience=options.refiner_patience,
+        seed=seed,
+        log=log,
+    )
+    before = _replace_exported(model_dir, refined)
+    summary = {
+        "loss": options.refiner_loss,
+        "fit_pairs": len(fit),
+        "val_pairs": len(val),
+        "cache_s": round(cached_s, 2),
+        "total_s": round(time.perf_counter() - start, 2),
+        "val_median_rel_l1_before": history["val_median_rel_l1"][0][1],
+        "val_median_rel_l1_after": history["best_val_median_rel_l1"],
+        "best_step": history["best_step"],
+        "steps_run": history["steps_run"],
+        "model_before_refiner": str(before),
+        "head_parameters": sum(p.numel() for p in refined.head.parameters())
+        + sum(p.numel() for p in refined.model.patch_recovery.parameters()),
+    }
+    (out_dir / "refiner_history.json").write_text(json.dumps(history, indent=2))
+    return summary
+
+
+def _cached(
+    model: ScOT, fit_set: Mixture, val_set: Mixture, info: SourceInfo, options: RefinerOptions, val_pairs: int
+) -> tuple[FeatureCache, FeatureCache, NavierStokesResidual | None]:
+    """The body's features of the fit and validation pairs (evenly spaced, as many as the options allow), with
+    their tangents and the residual loss when the options ask for that loss."""
+    residual_mode = options.refiner_loss == "residual"
+    fit_rows = split_indices(len(fit_set), options.refiner_max_pairs)
+    val_rows = split_indices(len(val_set), val_pairs)
+    residual = None
+    if residual_mode:
+        s, alpha = options.sobolev_s, options.sobolev_alpha
+        residual = NavierStokesResidual(model.config, info, s, alpha, fit_set.input_names)
+    fit = cache_features(model, fit_set, fit_rows, with_tangents=residual_mode)
+    val = cache_features(model, val_set, val_rows)
+    return fit, val, residual
+
+
+def _replace_exported(model_dir: Path, refined: RefinedScOT) -> Path:
+    """Save `refined` in `model_dir` and return `model-before-refiner/` beside it, where the model that was there
+    went (with its training_data.json copied to the refined one)."""
+    before = model_dir.with_name("model-before-refiner")
+    if before.exists():
+        shutil.rmtree(before)
+    os.replace(model_dir, before)  # the unrefined model stays available (and is evaluated too)
+    refined.save_pretrained(model_dir)
+    if (before / "training_data.json").exists():
+        shutil.copy2(before / "training_data.json", model_dir / "training_data.json")
+    return before

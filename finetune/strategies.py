@@ -12,16 +12,13 @@ export the result, and what runs after the training loop.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
-import time
 from pathlib import Path
 
 import torch
 
 from foundation import ScOT
 from foundation.compat import whole_weights_under_zero3
+from foundation.evaluation import held_out_pairs
 from foundation.modeling_scot import ConditionalLayerNorm
 from pretrain.prepared import PreparedRun
 
@@ -77,8 +74,9 @@ class Strategy:
         """The fine-tuned model folder (`run.export`: safetensors + config + training_data.json)."""
         return run.export(metrics, step)
 
-    def after_training(self, finetuner, model_dir: Path) -> dict:
-        """What runs after the loop, on the exported model; entries for result.json."""
+    def after_training(self, run: PreparedRun, model_dir: Path) -> dict:
+        """What runs after the loop, on every process, on the model exported to `model_dir`; entries for
+        result.json."""
         return {}
 
 
@@ -139,69 +137,22 @@ class Refiner(Full):
     def describe(self, max_steps: int) -> str:
         return f" in the {max_steps} full fine-tuning steps; then only the last layer and the spectral head"
 
-    def after_training(self, finetuner, model_dir: Path) -> dict:
-        """Spectral-Refiner on the model just exported; the unrefined model moves to `model-before-refiner/`."""
-        acc, tune, data = finetuner.accelerator, self.tune, finetuner.run.data
+    def after_training(self, run: PreparedRun, model_dir: Path) -> dict:
+        """Spectral-Refiner on the model just exported (`refiner.refine_exported`), on the main process while the
+        others wait; the unrefined model moves to `model-before-refiner/`."""
+        acc, data, args, tune = run.accelerator, run.data, run.data_args, self.tune
         summary: dict = {}
         if acc.is_main_process:
-            start = time.perf_counter()
-            with whole_weights_under_zero3():
-                model = ScOT.from_pretrained(model_dir).eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            residual_mode = tune.refiner_loss == "residual"
-            split = tune.refiner_fit_split
-            fit_set = data.train_set if split == "train" else finetuner.held_out(split)
-            fit_rows = refiner.split_indices(len(fit_set), tune.refiner_max_pairs)
-            val_rows = refiner.split_indices(len(data.val_set), finetuner.run.data_args.eval_pairs)
-            residual = None
-            if residual_mode:
-                residual = refiner.NavierStokesResidual(
-                    model.config, data.sources[0].info, tune.sobolev_s, tune.sobolev_alpha, data.vocabulary
+            fit_set = data.train_set
+            if tune.refiner_fit_split != "train":  # held-out pairs, normalised as the training pairs are
+                options = dict(
+                    stride=args.stride, max_snapshots=args.max_snapshots, include_identity=args.include_identity
                 )
-            fit = refiner.cache_features(model, fit_set, fit_rows, with_tangents=residual_mode)
-            val = refiner.cache_features(model, data.val_set, val_rows)
-            cached_s = time.perf_counter() - start
-            refined, history = refiner.refine(
-                model,
-                fit,
-                val,
-                steps=tune.refiner_steps,
-                lr=tune.refiner_learning_rate,
-                bias_lr=tune.refiner_bias_learning_rate,
-                batch_size=tune.refiner_batch_size,
-                s=tune.sobolev_s,
-                alpha=tune.sobolev_alpha,
-                lengths=refiner.box_lengths(data.sources[0].info.domain),
-                residual=residual,
-                train_recovery=tune.refiner_train_recovery,
-                eval_every=tune.refiner_eval_every,
-                patience=tune.refiner_patience,
-                seed=finetuner.args.seed,
-                log=acc.print,
+                fit_set = held_out_pairs(run.config, data.sources, tune.refiner_fit_split, source_stats=True, **options)
+            info = data.sources[0].info
+            summary = refiner.refine_exported(
+                model_dir, fit_set, data.val_set, info, tune, args.eval_pairs, run.out, run.args.seed, acc.print
             )
-            before = model_dir.with_name("model-before-refiner")
-            if before.exists():
-                shutil.rmtree(before)
-            os.replace(model_dir, before)  # the unrefined model stays available (and is evaluated too)
-            refined.save_pretrained(model_dir)
-            if (before / "training_data.json").exists():
-                shutil.copy2(before / "training_data.json", model_dir / "training_data.json")
-            summary = {
-                "loss": tune.refiner_loss,
-                "fit_pairs": len(fit),
-                "val_pairs": len(val),
-                "cache_s": round(cached_s, 2),
-                "total_s": round(time.perf_counter() - start, 2),
-                "val_median_rel_l1_before": history["val_median_rel_l1"][0][1],
-                "val_median_rel_l1_after": history["best_val_median_rel_l1"],
-                "best_step": history["best_step"],
-                "steps_run": history["steps_run"],
-                "model_before_refiner": str(before),
-                "head_parameters": sum(p.numel() for p in refined.head.parameters())
-                + sum(p.numel() for p in refined.model.patch_recovery.parameters()),
-            }
-            (finetuner.run.out / "refiner_history.json").write_text(json.dumps(history, indent=2))
         acc.wait_for_everyone()
         return {"refiner": summary}
 

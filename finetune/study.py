@@ -20,34 +20,57 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from foundation.evaluation import HEADLINE
-from pretrain.config import OptionError, check_range
+from foundation.plots import saved_figure
+from pretrain.config import DataArguments, ModelArguments, OptionError, TrainArguments, check_range
 
-from .benchmark import cell_folder, fit_power_law, gains
+from .benchmark import BenchmarkArguments, cli, run_benchmark
+from .cells import RunArguments, cell_folder
 from .config import FinetuneArguments, check
+from .gains import fit_power_law, gains
 
 
 @dataclass
 class StudyArguments:
+    """What a study compares: its trajectory counts, the scratch runs' learning rate and the metric."""
+
     n: list[int] = field(default_factory=lambda: [2, 4, 8, 16], metadata={"help": "Training trajectory counts."})
     scratch_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the scratch runs."})
     metric: str = field(default=HEADLINE, metadata={"help": "Evaluation key compared (foundation.evaluation)."})
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_range(self, "n", low=1)
         check_range(self, "scratch_learning_rate")
 
 
-def run_study(model_args, data_args, train_args, tune, study: StudyArguments, log=print) -> dict:
+def run_study(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    train_args: TrainArguments,
+    tune: FinetuneArguments,
+    study: StudyArguments,
+    log: Callable[[str], None] = print,
+) -> dict:
     """The benchmark (`finetune.benchmark`) on one task with two methods, one learning rate each and the run's
-    seed; study.json / study.md / study.png in the study's own format."""
-    from .benchmark import BenchmarkArguments, run_benchmark
+    seed; study.json / study.md / study.png in the study's own format.
 
+    Args:
+        model_args: The pretrained model (`--init_from`).
+        data_args: The one task (`--datasets`) and the data options.
+        train_args: The budget, the output folder, the seed and the fine-tuned run's learning rate.
+        tune: The fine-tuning options (`--strategy`).
+        study: The trajectory counts, the scratch runs' learning rate and the metric compared.
+        log: Where the one line per cell goes.
+
+    Returns:
+        The report, as study.json holds it.
+    """
     bench = BenchmarkArguments(
         tasks=[data_args.datasets[0]],
         n=list(study.n),
@@ -56,28 +79,27 @@ def run_study(model_args, data_args, train_args, tune, study: StudyArguments, lo
         finetuned_learning_rates=[train_args.learning_rate],
         scratch_learning_rates=[study.scratch_learning_rate],
     )
-    data_args = copy.deepcopy(data_args)
-    data_args.datasets = []
-    (task,) = run_benchmark(model_args, data_args, train_args, tune, bench, log=log)["tasks"].values()
+    run = RunArguments(model_args, copy.deepcopy(data_args), train_args, tune)
+    run.data_args.datasets = []  # a benchmark's data are its tasks: this one
+    (task,) = run_benchmark(run.model_args, run.data_args, run.train_args, run.tune, bench, log=log)["tasks"].values()
     root = Path(train_args.output_dir)
+    ((name, _),) = bench.task_list()  # the file's stem, or the family of a pde: spec
     ns = list(study.n)
     results: dict[str, list[float]] = {}
     for kind in ("finetuned", "scratch"):
         results[kind] = []
         for n in ns:
-            folder = cell_folder(
-                root, next(iter(bench.task_list()))[0], kind, n, train_args.seed, bench.learning_rates(kind)[0]
-            )
+            folder = cell_folder(root, name, kind, n, train_args.seed, bench.learning_rates(kind)[0])
             results[kind].append(float(json.loads((folder / "cell.json").read_text())["test_metrics"][study.metric]))
     report = {
         "metric": study.metric,
         "split": "test",
-        "budget": {"max_steps": train_args.max_steps, "batch_size": train_args.batch_size},
+        "budget": run.budget(),
         "strategy": tune.strategy,
         "n": ns,
         "finetuned": results["finetuned"],
         "scratch": results["scratch"],
-        "cells": str(root / next(iter(bench.task_list()))[0]),
+        "cells": str(root / name),
     }
     if len(ns) >= 2:
         report["fit"] = {
@@ -97,6 +119,7 @@ def run_study(model_args, data_args, train_args, tune, study: StudyArguments, lo
 
 
 def table(report: dict) -> str:
+    """The report as markdown: error per N of both, the gains, the fitted power laws."""
     lines = [
         f"Test {report['metric']} (%), {report['strategy']} fine-tuning vs scratch, "
         f"{report['budget']['max_steps']} steps x batch {report['budget']['batch_size']} each\n",
@@ -118,30 +141,33 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Error against N of both, log-log, with their fitted power laws dashed."""
     ns = np.asarray(report["n"], float)
     grid = np.geomspace(ns.min(), ns.max(), 50)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for kind, marker in (("finetuned", "o"), ("scratch", "s")):
-        line = ax.loglog(ns, report[kind], marker, label=kind)[0]
-        fit = report["fit"][kind]
-        ax.loglog(
-            grid, fit["C"] * grid ** -fit["a"], "--", color=line.get_color(), label=f"{fit['C']:.3g} N^-{fit['a']:.2f}"
-        )
-    ax.set_xlabel("training trajectories N")
-    ax.set_ylabel(f"test {report['metric']} (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with saved_figure(path, figsize=(5, 3.6)) as (_, ax):
+        for kind, marker in (("finetuned", "o"), ("scratch", "s")):
+            line = ax.loglog(ns, report[kind], marker, label=kind)[0]
+            fit = report["fit"][kind]
+            label = f"{fit['C']:.3g} N^-{fit['a']:.2f}"
+            ax.loglog(grid, fit["C"] * grid ** -fit["a"], "--", color=line.get_color(), label=label)
+        ax.set_xlabel("training trajectories N")
+        ax.set_ylabel(f"test {report['metric']} (%)")
+        ax.legend(fontsize=7)
 
 
-def check_study(model_args, data_args, train_args, tune: FinetuneArguments, study: StudyArguments) -> None:
-    """What a study needs beyond a fine-tuning run's checks (ValueError of one line)."""
+def check_study(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    train_args: TrainArguments,
+    tune: FinetuneArguments,
+    study: StudyArguments,
+) -> None:
+    """What a study needs beyond a fine-tuning run's checks (`finetune.config.check`).
+
+    Raises:
+        OptionError: --from_scratch (the study trains its scratch runs itself), a strategy other than full, head
+            or lora, or other than one dataset.
+    """
     check(tune, model_args, train_args)
     if tune.from_scratch:
         raise OptionError("from_scratch", "is not for a study: the study trains its scratch runs itself")
@@ -152,8 +178,7 @@ def check_study(model_args, data_args, train_args, tune: FinetuneArguments, stud
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .benchmark import cli
-
+    """`python -m finetune.study`: the exit code."""
     return cli(argv, StudyArguments, "study", check_study, run_study, table)
 
 

@@ -18,7 +18,6 @@ import torch
 
 from foundation import ScOT
 from foundation.compat import whole_weights_under_zero3
-from foundation.data import All2AllPairs, Mixture
 from foundation.pdes.specs import resolve_specs
 from pretrain.build import TrainData, build_accelerator, build_data
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
@@ -91,16 +90,6 @@ class Finetuner(RunView):
             f"{self.strategy.describe(train_args.max_steps)} ({100 * info['trainable_fraction']:.2f}%)"
         )
 
-    # ------------------------------------------------------------------ held-out pairs
-    def held_out(self, split: str) -> Mixture:
-        """All2all pairs of `split` of the run's sources, normalised as the training pairs."""
-        data, args = self.run.data, self.run.data_args
-        options = dict(stride=args.stride, max_snapshots=args.max_snapshots, include_identity=args.include_identity)
-        parts = [All2AllPairs(s, split, **options) for s in data.sources]
-        mean = [data.stats[c][0] for c in data.vocabulary]
-        std = [data.stats[c][1] for c in data.vocabulary]
-        return Mixture(parts, data.vocabulary, data.targets, input_mean=mean, input_std=std)
-
     # ------------------------------------------------------------------ the run
     def finish(self, state: TrainState) -> dict:
         metrics = self.run.final_metrics()
@@ -116,7 +105,7 @@ class Finetuner(RunView):
         result["strategy"] = self.tune.strategy
         result["from_scratch"] = self.tune.from_scratch
         result["parameters"] = self.parameters_info
-        result.update(self.strategy.after_training(self, Path(result["model"])))
+        result.update(self.strategy.after_training(self.run, Path(result["model"])))
         if acc.is_main_process:
             with whole_weights_under_zero3():  # one rank loading under a ZeRO-3 launch must not enter collectives
                 result["evaluation"] = evaluate_run(

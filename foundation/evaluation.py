@@ -15,16 +15,17 @@ sources' own metadata (`dataset_names`), one rollout (`rollout`) serves validati
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .metrics import relative_error_per_sample
+if TYPE_CHECKING:  # foundation.data is imported where it is used: opening files is not every consumer's business
+    from .data import Mixture, SourceInfo
 
 SPACES = ("normalised", "physical")
 HEADLINE = "median_rel_l1_physical/mean"
@@ -60,6 +61,30 @@ def to_physical(config) -> Callable[[Tensor], Tensor]:
     mean = torch.tensor(config.output_mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(config.output_std, dtype=torch.float32)[:, None, None]
     return lambda y: y.float() * std.to(y.device) + mean.to(y.device)
+
+
+def relative_error_per_sample(
+    pred: Tensor, target: Tensor, groups: list[int], p: int = 1, channel_mask: Tensor | None = None, eps: float = 1e-10
+) -> Tensor:
+    """(B, G) relative Lp error in % of each sample and channel group; NaN where a group is masked out.
+
+    Args:
+        pred, target: (B, C, H, W).
+        groups: channel-group boundaries, e.g. [0, 1, 3, 4].
+        p: 1 (the reference metric) or 2.
+        channel_mask: (B, C) or (C,) 0/1: channels a sample does not have are left out of their group.
+        eps: keeps all-zero targets finite.
+    """
+    diff = (pred.float() - target.float()).abs().pow(p).flatten(2).sum(-1)  # (B, C)
+    ref = target.float().abs().pow(p).flatten(2).sum(-1)
+    weight = torch.ones_like(diff) if channel_mask is None else channel_mask.float().to(diff.device).expand_as(diff)
+    out = []
+    for start, stop in zip(groups[:-1], groups[1:]):
+        w = weight[:, start:stop]
+        num, den = (diff[:, start:stop] * w).sum(-1), (ref[:, start:stop] * w).sum(-1)
+        err = (num / (den + eps)).pow(1.0 / p) * 100.0
+        out.append(torch.where(w.sum(-1) > 0, err, torch.full_like(err, float("nan"))))
+    return torch.stack(out, dim=-1)
 
 
 def per_sample_errors(pred: Tensor, truth: Tensor, config, channel_mask: Tensor | None = None, p: int = 1) -> Tensor:
@@ -331,6 +356,9 @@ def rollout(
     }
 
 
+Solver = Callable[[Tensor, float], Tensor]  # `evolve(fields, duration)` on physical fields (`_solver`)
+PairReader = Callable[[int, int], dict[str, Tensor]]  # `read(i, j)`: a batch's stacked pairs of snapshots i -> j
+
 # The Well's windows of rollout steps (its "6:12" and "13:30"), reported where the trajectories reach them.
 HORIZON_WINDOWS = ((6, 12), (13, 30))
 
@@ -375,100 +403,138 @@ def horizon(
     Trajectories roll out `batch_size` at a time (one batched call per step, as a GPU wants them).
     """
     config = model.config
-    convert = to_physical(config)
     max_lead = default_jump(config) if max_lead is None else max_lead
-    errors: dict[int, list[float]] = {}
-    held: dict[int, list[float]] = {}  # persistence: the first snapshot held
-    drift: dict[int, list[float]] = {}
-    leads: dict[int, float] = {}
-    restarts: dict[int, list[float]] = {}  # last step from the true input of its last call, by that input's step
-    # The solver continued from the model's or the true state at the last call's input, vs the truth; and the
-    # last call vs the first of these.
-    continued: dict[str, dict[int, list[float]]] = {
-        "solver_from_model": {},
-        "solver_from_truth": {},
-        "call_on_own_state": {},
-    }
+    tally = _HorizonTally(model, config, strategy, max_lead, device)
     for source in sources:
         data = held_out_pairs(config, [source], split, stride=stride)
         part = data.parts[0]
         if part.source.info.steady or len(part.snapshots) < 2:
             continue
-        times = np.asarray(part.source.info.times, dtype=np.float64)[part.snapshots]
-        spacing = np.diff(times)
-        if not np.allclose(spacing, spacing[0], rtol=1e-4):
-            raise ValueError(f"{part.source.info.name}: a horizon rollout needs evenly spaced snapshots")
-        lead = float(spacing[0] / config.time_scale)
+        times = _even_times(part)
+        lead = float((times[1] - times[0]) / config.time_scale)
         pattern = {tuple(ab): p for p, ab in enumerate(part.pattern.tolist())}
-        last = len(part.snapshots) - 1
         evolve = _solver(part.source, config) if solver else None
         for bases in _trajectory_batches(part, trajectories, batch_size):
-            first = _pairs(data, 0, [b + pattern[(0, 1)] for b in bases], device)
-            mask = first["channel_mask"]
-            present = (mask > 0).double()
-            preds = rollout_predictions(model, first["pixel_values"], lead, last, strategy, max_lead, mask, config)
-            initial = held_state(config, first["pixel_values"])
-            labels = {1: first["labels"]}  # the other snapshots' truths, read once per batch
-            labels.update(
-                {j: _pairs(data, 0, [b + pattern[(0, j)] for b in bases], device)["labels"] for j in range(2, last + 1)}
-            )
-            for j, pred in enumerate(preds, start=1):
-                truth, guess = convert(labels[j]), convert(pred)
-                errors.setdefault(j, []).extend(_per_sample(per_sample_errors(guess, truth, config, mask)))
-                if initial is not None:
-                    held.setdefault(j, []).extend(_per_sample(per_sample_errors(initial, truth, config, mask)))
-                energy = guess.double().square().sum((-2, -1)) / truth.double().square().sum((-2, -1)).clamp_min(1e-30)
-                drift.setdefault(j, []).extend((((energy - 1) * present).sum(1) / present.sum(1)).tolist())
-                leads[j] = j * lead
-            start = _last_call_input(last, lead, strategy, max_lead)  # (after rollout_predictions checked max_lead)
-            if start is None or not 0 < start < last:
-                continue
-            restart = _pairs(data, 0, [b + pattern[(start, last)] for b in bases], device)
-            time = torch.full((len(bases),), (last - start) * lead, device=device)  # the model's time scale, as above
-            pred = convert(model(pixel_values=restart["pixel_values"], time=time).output)
-            error = per_sample_errors(pred, convert(restart["labels"]), config, mask)
-            restarts.setdefault(start, []).extend(_per_sample(error))
+            tally.add(_pair_reader(data, pattern, bases, device), times, lead, evolve)
+    return tally.result() if tally.errors else {}
+
+
+def _even_times(part) -> np.ndarray:
+    """The physical times of the snapshots in use of `part`; refuses uneven ones (a rollout step is one lead)."""
+    times = np.asarray(part.source.info.times, dtype=np.float64)[part.snapshots]
+    spacing = np.diff(times)
+    if not np.allclose(spacing, spacing[0], rtol=1e-4):
+        raise ValueError(f"{part.source.info.name}: a horizon rollout needs evenly spaced snapshots")
+    return times
+
+
+def _pair_reader(data, pattern: dict, bases: list[int], device) -> PairReader:
+    """`read(i, j)`: the stacked pairs (snapshot i -> j in use) of the trajectories whose pairs start at `bases`."""
+    return lambda i, j: _pairs(data, 0, [b + pattern[(i, j)] for b in bases], device)
+
+
+class _HorizonTally:
+    """What `horizon` gathers, per rollout step, over the trajectory batches of every source.
+
+    Each entry is a list of per-trajectory numbers (the mean over channel groups), in the order the batches come.
+    """
+
+    def __init__(self, model, config, strategy: str, max_lead: float, device: torch.device | str):
+        self.model, self.config, self.strategy, self.max_lead, self.device = model, config, strategy, max_lead, device
+        self.convert = to_physical(config)
+        self.errors: dict[int, list[float]] = {}
+        self.held: dict[int, list[float]] = {}  # persistence: the first snapshot held
+        self.drift: dict[int, list[float]] = {}
+        self.leads: dict[int, float] = {}
+        self.restarts: dict[int, list[float]] = {}  # last step from the true input of its last call, by that step
+        # The solver continued from the model's or the true state at the last call's input, vs the truth; and the
+        # last call vs the first of these.
+        self.continued: dict[str, dict[int, list[float]]] = {
+            "solver_from_model": {},
+            "solver_from_truth": {},
+            "call_on_own_state": {},
+        }
+
+    def _errors(self, store: dict[int, list[float]], key: int, guess: Tensor, truth: Tensor, mask: Tensor) -> None:
+        store.setdefault(key, []).extend(_per_sample(per_sample_errors(guess, truth, self.config, mask)))
+
+    def add(self, pairs: PairReader, times: np.ndarray, lead: float, evolve: Solver | None) -> None:
+        """One batch of trajectories: `pairs(i, j)` are its stacked pairs of snapshots (i, j) in use, `times` the
+        physical times of those snapshots, `lead` their spacing in model units, `evolve` the solver or None."""
+        last = len(times) - 1
+        first = pairs(0, 1)
+        mask = first["channel_mask"]
+        present = (mask > 0).double()
+        preds = rollout_predictions(
+            self.model, first["pixel_values"], lead, last, self.strategy, self.max_lead, mask, self.config
+        )
+        initial = held_state(self.config, first["pixel_values"])
+        labels = {1: first["labels"]}  # the other snapshots' truths, read once per batch
+        labels.update({j: pairs(0, j)["labels"] for j in range(2, last + 1)})
+        for j, pred in enumerate(preds, start=1):
+            truth, guess = self.convert(labels[j]), self.convert(pred)
+            self._errors(self.errors, j, guess, truth, mask)
+            if initial is not None:
+                self._errors(self.held, j, initial, truth, mask)
+            energy = guess.double().square().sum((-2, -1)) / truth.double().square().sum((-2, -1)).clamp_min(1e-30)
+            self.drift.setdefault(j, []).extend((((energy - 1) * present).sum(1) / present.sum(1)).tolist())
+            self.leads[j] = j * lead
+        start = _last_call_input(last, lead, self.strategy, self.max_lead)  # (rollout_predictions checked max_lead)
+        if start is not None and 0 < start < last:
+            self._add_last_call(pairs(start, last), start, last, lead, mask)
             if evolve is not None:
-                duration = float(times[last] - times[start])
-                own = evolve(convert(preds[start - 1]), duration)
-                true = evolve(convert(labels[start]), duration)
-                end = convert(labels[last])
-                pairs = {"solver_from_model": (own, end), "solver_from_truth": (true, end)}
-                pairs["call_on_own_state"] = (convert(preds[-1]), own)
-                for name, (guess, reference) in pairs.items():
-                    error = per_sample_errors(guess, reference, config, mask)
-                    continued[name].setdefault(start, []).extend(_per_sample(error))
-    if not errors:
-        return {}
-    steps = sorted(errors)
-    curve = [float(np.median(errors[j])) for j in steps]
-    result = {
-        "strategy": strategy,
-        "max_lead": max_lead,
-        "trained_max_lead": getattr(config, "max_lead_time", None),
-        "trajectories": len(errors[steps[0]]),
-        "steps": steps,
-        "lead_time": [leads[j] for j in steps],
-        "median_rel_l1_physical/mean": curve,
-        "energy_drift": [float(np.median(drift[j])) for j in steps],
-        "final": {"step": steps[-1], "lead_time": leads[steps[-1]], "median_rel_l1_physical/mean": curve[-1]},
-        "windows": {},
-    }
-    if held:
-        result["persistence"] = [float(np.median(held[j])) for j in steps]
-        result["final"]["persistence"] = result["persistence"][-1]
-    if len(restarts) == 1:  # one input step for every source (sources of one length and spacing)
-        ((start, values),) = restarts.items()
-        result["final_from_truth"] = {"input_step": start, "median_rel_l1_physical/mean": float(np.median(values))}
-    for name, by_start in continued.items():
-        if len(by_start) == 1 and len(next(iter(by_start.values()))) == len(errors[steps[-1]]):  # every trajectory
-            ((start, values),) = by_start.items()
-            result[f"final_{name}"] = {"input_step": start, HEADLINE: float(np.median(values))}
-    for first, end in HORIZON_WINDOWS:
-        inside = [c for j, c in zip(steps, curve) if first <= j <= end]
-        if steps[-1] >= first:
-            result["windows"][f"{first}-{end}"] = float(np.mean(inside))
-    return result
+                self._add_continued(evolve, float(times[last] - times[start]), start, preds, labels, mask)
+
+    def _add_last_call(self, restart: dict[str, Tensor], start: int, last: int, lead: float, mask: Tensor) -> None:
+        """The rollout's last call made from the true state at its input step `start` (`final_from_truth`)."""
+        time = torch.full((len(mask),), (last - start) * lead, device=self.device)  # the model's time scale
+        pred = self.convert(self.model(pixel_values=restart["pixel_values"], time=time).output)
+        self._errors(self.restarts, start, pred, self.convert(restart["labels"]), mask)
+
+    def _add_continued(
+        self, evolve: Solver, duration: float, start: int, preds: Tensor, labels: dict, mask: Tensor
+    ) -> None:
+        """The solver run on for `duration` from the rollout's and from the true state at step `start`."""
+        own = evolve(self.convert(preds[start - 1]), duration)
+        true = evolve(self.convert(labels[start]), duration)
+        end = self.convert(labels[len(preds)])  # the truth at the last step
+        pairs = {"solver_from_model": (own, end), "solver_from_truth": (true, end)}
+        pairs["call_on_own_state"] = (self.convert(preds[-1]), own)
+        for name, (guess, reference) in pairs.items():
+            self._errors(self.continued[name], start, guess, reference, mask)
+
+    def result(self) -> dict:
+        """The medians over trajectories per step, the windows and the last step's splits (see `horizon`)."""
+        config, errors, leads = self.config, self.errors, self.leads
+        steps = sorted(errors)
+        curve = [float(np.median(errors[j])) for j in steps]
+        result = {
+            "strategy": self.strategy,
+            "max_lead": self.max_lead,
+            "trained_max_lead": getattr(config, "max_lead_time", None),
+            "trajectories": len(errors[steps[0]]),
+            "steps": steps,
+            "lead_time": [leads[j] for j in steps],
+            "median_rel_l1_physical/mean": curve,
+            "energy_drift": [float(np.median(self.drift[j])) for j in steps],
+            "final": {"step": steps[-1], "lead_time": leads[steps[-1]], "median_rel_l1_physical/mean": curve[-1]},
+            "windows": {},
+        }
+        if self.held:
+            result["persistence"] = [float(np.median(self.held[j])) for j in steps]
+            result["final"]["persistence"] = result["persistence"][-1]
+        if len(self.restarts) == 1:  # one input step for every source (sources of one length and spacing)
+            ((start, values),) = self.restarts.items()
+            result["final_from_truth"] = {"input_step": start, "median_rel_l1_physical/mean": float(np.median(values))}
+        for name, by_start in self.continued.items():
+            if len(by_start) == 1 and len(next(iter(by_start.values()))) == len(errors[steps[-1]]):  # every one
+                ((start, values),) = by_start.items()
+                result[f"final_{name}"] = {"input_step": start, HEADLINE: float(np.median(values))}
+        for first, end in HORIZON_WINDOWS:
+            inside = [c for j, c in zip(steps, curve) if first <= j <= end]
+            if steps[-1] >= first:
+                result["windows"][f"{first}-{end}"] = float(np.mean(inside))
+        return result
 
 
 def _trajectory_batches(part, trajectories: int, batch_size: int) -> list[list[int]]:
@@ -489,7 +555,7 @@ def _per_sample(errors: Tensor) -> list[float]:
     return torch.nanmean(errors, dim=1).tolist()
 
 
-def _solver(source, config) -> Callable[[Tensor, float], Tensor] | None:
+def _solver(source, config) -> Solver | None:
     """`evolve(fields, duration)`: the generating solver of a file `foundation.pdes` wrote, with the PDE
     parameters it recorded, on physical fields in the model's output channels; None for other files."""
     info = source.info
@@ -556,39 +622,51 @@ def frequency_bands(spectra: Tensor, names: Sequence[str]) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------------------------- held-out data
-def pairs_for_model(config, source, split: str, **options):
-    """All2all pairs of `source` normalised with the model's statistics (matched by channel name)."""
-    from .data import All2AllPairs, DataError
+def _model_statistics(config, info: SourceInfo) -> dict[str, tuple[float, float]]:
+    """(mean, std) by name of each state and static channel of a source as the model normalises it: its input
+    statistics, or its output statistics for a channel that is only an output (a steady problem's solution)."""
+    from .data import DataError
 
-    info = source.info
     names, outputs = list(config.channel_names), list(config.output_channel_names)
     inputs = ([] if info.steady else list(info.channel_names)) + list(info.static_names)
     missing = [c for c in inputs if c not in names] + [c for c in info.channel_names if c not in outputs]
     if missing:
         raise DataError(f"{info.name}: channels {missing} are not in the model's inputs {names} / outputs {outputs}")
 
-    def stats(c: str) -> tuple[float, float]:  # states normalise as the model's inputs (or outputs if steady)
+    def stats(c: str) -> tuple[float, float]:
         if c in names:
             return config.input_mean[names.index(c)], config.input_std[names.index(c)]
         return config.output_mean[outputs.index(c)], config.output_std[outputs.index(c)]
 
-    source.info = dataclasses.replace(
-        info,
-        mean=[stats(c)[0] for c in info.channel_names],
-        std=[stats(c)[1] for c in info.channel_names],
-        static_mean=[stats(c)[0] for c in info.static_names] or info.static_mean,
-        static_std=[stats(c)[1] for c in info.static_names] or info.static_std,
-    )
-    return All2AllPairs(source, split, **options)
+    return {c: stats(c) for c in [*info.channel_names, *info.static_names]}
 
 
-def held_out_pairs(config, sources: Sequence, split: str, **options):
-    """One Mixture of `split` of `sources`, normalised as the model expects (identity pairs left out)."""
-    from .data import Mixture
+def held_out_pairs(config, sources: Sequence, split: str, source_stats: bool = False, **options) -> Mixture:
+    """One Mixture of all2all pairs of `split` of `sources` on the model's channels, normalised with the model's
+    statistics (matched by channel name); identity pairs are left out unless `options` (`All2AllPairs`') say so.
+
+    The sources are never changed (the statistics go to `All2AllPairs`, not into `source.info`): one opened source
+    serves any number of models, and its own statistics stay what a training run normalises with.
+
+    Args:
+        config: The model's config (channel names, input and output statistics).
+        sources: Opened sources; every channel of each must be among the model's.
+        split: "train", "val" or "test".
+        source_stats: Normalise each source with its own statistics, as a training run's pairs are
+            (`pretrain.build.build_data`): what the Spectral-Refiner fits on. The same numbers as the model's for a
+            run on one dataset; where datasets share a channel, the config holds the first one's.
+        **options: `All2AllPairs` options (stride, max_snapshots, include_identity, ...).
+    """
+    from .data import All2AllPairs, Mixture
 
     options = {"include_identity": False, **options}
-    parts = [pairs_for_model(config, source, split, **options) for source in sources]
+
+    def pairs(source) -> All2AllPairs:
+        stats = _model_statistics(config, source.info)  # refuses channels the model lacks, whichever statistics
+        return All2AllPairs(source, split, stats=None if source_stats else stats, **options)
+
     mean, std = config.input_mean, config.input_std
+    parts = [pairs(source) for source in sources]
     return Mixture(parts, config.channel_names, config.output_channel_names, input_mean=mean, input_std=std)
 
 

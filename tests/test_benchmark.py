@@ -13,7 +13,8 @@ from conftest import REPO_ROOT
 
 from finetune import load_model
 from finetune.baselines import FNOBaseline
-from finetune.benchmark import BenchmarkArguments, cell_folder, run_benchmark
+from finetune.benchmark import BenchmarkArguments, run_benchmark
+from finetune.cells import cell_folder
 from finetune.config import FinetuneArguments
 from foundation import ScOT
 from foundation.data import open_source

@@ -132,3 +132,50 @@ def test_rollout_needs_outputs_it_can_feed_back():
     narrowed = SimpleNamespace(**{**vars(cfg), "channel_names": ["v"], "output_channel_names": ["u", "v"]})
     assert rollout(Persistence(cfg), data, 2, "physical", config=narrowed) == {}
     assert set(rollout(Persistence(cfg), data, 2, "normalised")) == {"0.250", "0.500", "0.750", "1.000"}
+
+
+def test_held_out_pairs_follow_each_model_and_leave_the_source_alone():
+    """One opened source evaluated for two models: each model's pairs carry that model's statistics, and the
+    source keeps its own (what a training run normalises with), as if it had been opened afresh each time."""
+    fields = np.random.default_rng(3).normal(2.0, 1.5, size=(6, 4, 2, 8, 8)).astype(np.float32)
+    static = np.random.default_rng(4).normal(1.0, 0.5, size=(6, 1, 8, 8)).astype(np.float32)
+
+    def opened() -> ArraySource:
+        splits = {"train": (0, 3), "val": (3, 4), "test": (4, 6)}
+        stats = dict(mean=[2.0, 2.0], std=[1.5, 1.5], static_mean=[1.0], static_std=[0.5])
+        return ArraySource(fields, ["u", "v"], static=static, static_names=["c"], splits=splits, **stats)
+
+    def model(mean: tuple[float, float, float], std: tuple[float, float, float]) -> SimpleNamespace:
+        cfg = config(mean=mean[:2], std=std[:2])
+        cfg.channel_names, cfg.input_mean, cfg.input_std = ["u", "v", "c"], list(mean), list(std)
+        return cfg
+
+    src = opened()
+    own = (src.info.mean, src.info.std, src.info.static_mean, src.info.static_std)
+    first, second = model((1.0, -2.0, 0.5), (0.5, 3.0, 2.0)), model((0.0, 1.0, -1.0), (2.0, 0.25, 4.0))
+    pairs = [held_out_pairs(cfg, [src], "test") for cfg in (first, second)]
+    assert (src.info.mean, src.info.std, src.info.static_mean, src.info.static_std) == own
+    for cfg, data in zip((first, second), pairs):
+        fresh = held_out_pairs(cfg, [opened()], "test")
+        for k in range(len(fresh)):
+            for key in ("pixel_values", "labels"):
+                assert torch.equal(data[k][key], fresh[k][key])
+    item, (traj, i, j, _) = pairs[1][0], pairs[1].parts[0].locate(0)
+    mean, std = np.asarray(second.input_mean)[:, None, None], np.asarray(second.input_std)[:, None, None]
+    inputs = np.concatenate([fields[traj, i], static[traj]])
+    np.testing.assert_allclose(item["pixel_values"].numpy(), (inputs - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(item["labels"].numpy(), (fields[traj, j] - mean[:2]) / std[:2], rtol=1e-5, atol=1e-5)
+
+
+def test_held_out_pairs_can_normalise_each_source_as_its_training_run_did():
+    """`source_stats`: each source with its own statistics (what a run's training pairs use), not the model's."""
+    fields = np.random.default_rng(5).normal(3.0, 2.0, size=(6, 3, 2, 8, 8)).astype(np.float32)
+    splits = {"train": (0, 3), "val": (3, 4), "test": (4, 6)}
+    src = ArraySource(fields, ["u", "v"], splits=splits, mean=[3.0, 2.5], std=[2.0, 1.0])
+    cfg = config()
+    own, model = (held_out_pairs(cfg, [src], "test", source_stats=flag) for flag in (True, False))
+    traj, _, j, _ = own.parts[0].locate(0)
+    mean, std = np.array([3.0, 2.5])[:, None, None], np.array([2.0, 1.0])[:, None, None]
+    np.testing.assert_allclose(own[0]["labels"].numpy(), (fields[traj, j] - mean) / std, rtol=1e-5, atol=1e-5)
+    mean, std = np.array(cfg.output_mean)[:, None, None], np.array(cfg.output_std)[:, None, None]
+    np.testing.assert_allclose(model[0]["labels"].numpy(), (fields[traj, j] - mean) / std, rtol=1e-5, atol=1e-5)

@@ -418,7 +418,7 @@ def test_recipes_parse():
 
 
 def test_power_law_fit_and_gains_are_exact_on_synthetic_curves():
-    from finetune.study import fit_power_law, gains
+    from finetune.gains import fit_power_law, gains
 
     ns = [2, 4, 8, 16]
     scratch = [50.0 * n**-0.5 for n in ns]

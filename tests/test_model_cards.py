@@ -93,7 +93,7 @@ def test_model_card_front_matter_parses_and_carries_the_metrics(run_dir: Path, t
 
 
 def test_card_of_a_release_carries_its_downstream_benchmark(run_dir: Path, tmp_path: Path):
-    from finetune.benchmark import write
+    from finetune.report import write
 
     row = {"learning_rate": 1e-3, "test": 5.0, "test_min": 4.0, "test_max": 6.0, "test_by_seed": [4.0, 6.0]}
     report = {

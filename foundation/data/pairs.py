@@ -8,7 +8,7 @@ The index is never materialised: pair k is trajectory k // P and the k % P-th (i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ class All2AllPairs(Dataset):
             length, cut at points drawn per pair (the same every epoch: resumes stay exact); `rollout_time` is then
             the (K,) lead times of the steps. The model learns to continue from its own predictions of every lead,
             long ones included (what a jump rollout feeds it), not only from chains of one step size.
+        stats: (mean, std) per channel name to normalise with instead of the source's own statistics (a trained
+            model's: `foundation.evaluation.held_out_pairs`); it must name every state and static channel. The
+            source is left as it is, so that one opened source can serve several models.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class All2AllPairs(Dataset):
         rollout_steps: int = 0,
         rollout_lead_steps: int = 1,
         rollout_split: bool = False,
+        stats: Mapping[str, tuple[float, float]] | None = None,
     ):
         self.source, self.split_name = source, split
         self.trajectories = source.split(split)
@@ -96,21 +100,38 @@ class All2AllPairs(Dataset):
         self.rollout_time = self._rollout_time(times) if self.rollout_steps else None
         self.normalize, self.check_finite = normalize, check_finite
         channels, statics = len(info.channel_names), len(info.static_names)
-        if normalize and (info.mean is None or info.std is None):
+        mean, std, static_mean, static_std = self._statistics(stats)
+        if normalize and (mean is None or std is None):
             raise DataError(
                 f"{info.name}: no normalisation statistics; compute them (foundation.data.compute_stats) "
                 f"or pass normalize=False"
             )
-        if normalize and statics and (info.static_mean is None or info.static_std is None):
+        if normalize and statics and (static_mean is None or static_std is None):
             raise DataError(f"{info.name}: no statistics for the static fields {info.static_names}")
-        self._mean = np.asarray(info.mean if normalize else [0.0] * channels, np.float32)[:, None, None]
-        self._std = np.asarray(info.std if normalize else [1.0] * channels, np.float32)[:, None, None]
-        self._smean = np.asarray(info.static_mean if normalize and statics else [0.0] * statics, np.float32)
-        self._sstd = np.asarray(info.static_std if normalize and statics else [1.0] * statics, np.float32)
+        self._mean = np.asarray(mean if normalize else [0.0] * channels, np.float32)[:, None, None]
+        self._std = np.asarray(std if normalize else [1.0] * channels, np.float32)[:, None, None]
+        self._smean = np.asarray(static_mean if normalize and statics else [0.0] * statics, np.float32)
+        self._sstd = np.asarray(static_std if normalize and statics else [1.0] * statics, np.float32)
         self._smean, self._sstd = self._smean[:, None, None], self._sstd[:, None, None]
         self._inv_std, self._inv_sstd = 1.0 / self._std, 1.0 / self._sstd
         self.input_names = ([] if info.steady else list(info.channel_names)) + list(info.static_names)
         self.target_names = list(info.channel_names)
+
+    def _statistics(self, stats: Mapping[str, tuple[float, float]] | None) -> tuple:
+        """(mean, std, static mean, static std) to normalise with: the source's, or those of `stats` by name."""
+        info = self.source.info
+        if stats is None:
+            return info.mean, info.std, info.static_mean, info.static_std
+        missing = [c for c in info.channel_names + info.static_names if c not in stats]
+        if missing:
+            raise DataError(f"{info.name}: no statistics given for the channels {missing}")
+        state, static = info.channel_names, info.static_names
+        return (
+            [stats[c][0] for c in state],
+            [stats[c][1] for c in state],
+            [stats[c][0] for c in static],
+            [stats[c][1] for c in static],
+        )
 
     def _rollout_time(self, times: np.ndarray) -> float:
         """The lead time of one rollout step (model units); refuses windows that do not fit or uneven spacing."""
