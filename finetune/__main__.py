@@ -18,11 +18,11 @@ from .trainer import Finetuner
 
 
 def main(argv: list[str] | None = None, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> int:
-    model_args, data_args, train_args, tune = parse_args(argv)  # parse (bad input: one line and exit 2)
+    model_args, data_args, train_args, finetune_args = parse_args(argv)  # parse (bad input: one line and exit 2)
 
     def body() -> int:
         setup_runtime()
-        trainer = Finetuner(model_args, data_args, train_args, tune)  # build
+        trainer = Finetuner(model_args, data_args, train_args, finetune_args)  # build
         result = trainer.train(callbacks)  # run
         if trainer.accelerator.is_main_process:  # close (also in output_dir/result.json)
             print(json.dumps(result, indent=2, default=str))

@@ -129,7 +129,7 @@ def run_benchmark(
     model_args: ModelArguments,
     data_args: DataArguments,
     train_args: TrainArguments,
-    tune: FinetuneArguments,
+    finetune_args: FinetuneArguments,
     bench: BenchmarkArguments,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -140,14 +140,14 @@ def run_benchmark(
         model_args: The pretrained model (`--init_from`) and its options.
         data_args: Data options every task is read with (no --datasets: the tasks are the data).
         train_args: The budget and output folder; seed and learning rate are set per cell.
-        tune: The fine-tuning options (full fine-tuning).
+        finetune_args: The fine-tuning options (full fine-tuning).
         bench: The tasks, N, methods, seeds and learning-rate grids.
         log: Where the one line per cell goes.
 
     Returns:
         The report, as benchmark.json holds it.
     """
-    run = RunArguments(model_args, data_args, train_args, tune)
+    run = RunArguments(model_args, data_args, train_args, finetune_args)
     root = Path(train_args.output_dir)
     report: dict = {
         "metric": HEADLINE,
@@ -233,7 +233,7 @@ def check_benchmark(
     model_args: ModelArguments,
     data_args: DataArguments,
     train_args: TrainArguments,
-    tune: FinetuneArguments,
+    finetune_args: FinetuneArguments,
     bench: BenchmarkArguments,
 ) -> None:
     """What a benchmark needs beyond a fine-tuning run's checks (`finetune.config.check`).
@@ -242,13 +242,13 @@ def check_benchmark(
         OptionError: --datasets given (a benchmark's data are its tasks), no --tasks or two of one name, or a
             strategy other than full fine-tuning (the benchmark runs its scratch and FNO cells itself).
     """
-    check(tune, model_args, train_args)
+    check(finetune_args, model_args, train_args)
     if data_args.datasets:
         raise OptionError("datasets", "is not for a benchmark: its data are the --tasks, one at a time")
     if not bench.tasks:
         raise OptionError("tasks", "needs at least one downstream task (SPEC or NAME=SPEC)")
     bench.task_list()
-    if tune.strategy != "full" or tune.from_scratch:
+    if finetune_args.strategy != "full" or finetune_args.from_scratch:
         raise OptionError("strategy", "must be full in a benchmark (it trains its scratch and FNO runs itself)")
 
 

@@ -41,7 +41,7 @@ class RunArguments:
     model_args: ModelArguments
     data_args: DataArguments
     train_args: TrainArguments
-    tune: FinetuneArguments
+    finetune_args: FinetuneArguments
 
     def copy(self) -> RunArguments:
         """A deep copy, for a cell to set its own options without touching the benchmark's."""
@@ -64,7 +64,7 @@ def cell_folder(root: Path, task: str, method: str, n: int | None, seed: int | N
 
 def _evaluate(model: Any, spec: str, split: str, run: RunArguments, rollout: bool = True) -> dict:
     """`foundation.evaluation.evaluate` with the run's evaluation options (`--eval_max_pairs`, ...)."""
-    options = run_evaluation_options(run.data_args, run.tune)
+    options = run_evaluation_options(run.data_args, run.finetune_args)
     if not rollout:  # validation: only the choice of learning rate reads it
         options["rollout_trajectories"] = 0
     result, _ = evaluate(model, [open_source(spec, fill_stats=True)], split=split, **options)
@@ -82,7 +82,7 @@ def _horizon(model: Any, spec: str, run: RunArguments) -> dict | None:
         if source.info.steady or stored <= data_args.max_snapshots:
             return None
     sources = [open_source(spec, fill_stats=True)]
-    trajectories = run.tune.eval_rollout_trajectories
+    trajectories = run.finetune_args.eval_rollout_trajectories
     result = horizon(model, sources, "test", trajectories=trajectories, stride=data_args.stride)
     if not result:
         return None
@@ -118,20 +118,20 @@ def run_trained_cell(
     from .trainer import Finetuner
 
     run = run.copy()
-    data_args, train_args, tune = run.data_args, run.train_args, run.tune
+    data_args, train_args, finetune_args = run.data_args, run.train_args, run.finetune_args
     data_args.datasets = [spec]
     train_args.output_dir, train_args.learning_rate, train_args.seed = str(folder), lr, seed
     # A steady task has one pair per trajectory: N = 8 of them cannot fill a batch of 16. Such a cell trains on
     # all its pairs per step instead (same steps; recorded in the cell as its batch).
     train_args.batch_size = min(train_args.batch_size, training_pairs(spec, n, data_args))
-    tune.train_trajectories, tune.eval_split = n, "test"
-    tune.eval_plots = False  # a table of numbers: the cells' evaluation.json, not their figures
-    tune.strategy = {"scratch": "full", "fno": "fno"}.get(method, tune.strategy)
-    tune.from_scratch = method == "scratch"
+    finetune_args.train_trajectories, finetune_args.eval_split = n, "test"
+    finetune_args.eval_plots = False  # a table of numbers: the cells' evaluation.json, not their figures
+    finetune_args.strategy = {"scratch": "full", "fno": "fno"}.get(method, finetune_args.strategy)
+    finetune_args.from_scratch = method == "scratch"
     if method == "finetuned-rollout":
         data_args.rollout_steps, data_args.rollout_lead_steps = bench.bench_rollout_steps, 0
     start = time.perf_counter()
-    outcome = Finetuner(run.model_args, data_args, train_args, tune).train()
+    outcome = Finetuner(run.model_args, data_args, train_args, finetune_args).train()
     model = load_model(outcome["model"])
     val = _evaluate(model, spec, "val", run, rollout=False)
     test = json.loads((folder / "evaluation" / "evaluation.json").read_text())

@@ -170,15 +170,15 @@ class FinetuneArguments(LoraOptions, RefinerOptions, FnoOptions):
         return out
 
 
-def ignored_options(tune: FinetuneArguments) -> list[str]:
+def ignored_options(finetune_args: FinetuneArguments) -> list[str]:
     """Options of another strategy's group that differ from their defaults (they would be silently ignored)."""
     out = []
     for strategy, group in OPTION_GROUPS.items():
-        if strategy == tune.strategy:
+        if strategy == finetune_args.strategy:
             continue
         for f in fields(group):
             default = f.default_factory() if f.default_factory is not MISSING else f.default
-            if getattr(tune, f.name) != default:
+            if getattr(finetune_args, f.name) != default:
                 out.append(f.name)
     return out
 
@@ -188,30 +188,37 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments, FinetuneArgum
 
 def parse_args(argv: list[str] | None = None):
     """(ModelArguments, DataArguments, TrainArguments, FinetuneArguments) from `--config` and flags."""
-    model, data, train, tune, _ = parse_dataclasses(
-        ARGUMENT_CLASSES, argv, sections=("finetune",), check=lambda model, data, train, tune: check(tune, model, train)
+    model, data, train, finetune_args, _ = parse_dataclasses(
+        ARGUMENT_CLASSES,
+        argv,
+        sections=("finetune",),
+        check=lambda model, data, train, finetune_args: check(finetune_args, model, train),
     )
-    ignored = ignored_options(tune)
+    ignored = ignored_options(finetune_args)
     if ignored:  # a recipe written for another strategy: say so instead of silently dropping the values
         flags = ", ".join(f"--{name}" for name in ignored)
-        print(f"warning: --strategy {tune.strategy} ignores {flags}", file=sys.stderr)
-    return model, data, train, tune
+        print(f"warning: --strategy {finetune_args.strategy} ignores {flags}", file=sys.stderr)
+    return model, data, train, finetune_args
 
 
-def check(tune: FinetuneArguments, model: ModelArguments | None = None, train: TrainArguments | None = None) -> None:
+def check(
+    finetune_args: FinetuneArguments, model: ModelArguments | None = None, train: TrainArguments | None = None
+) -> None:
     """Refuse inconsistent choices across the dataclasses with a ValueError of one line (each dataclass checks its
     own fields in `__post_init__`); `model` and `train` are checked when given."""
     if model is not None and not model.init_from:
         raise OptionError("init_from", "is required: the pretrained model (folder or Hub repo id)")
-    if tune.from_scratch and tune.strategy in ("head", "lora"):
+    if finetune_args.from_scratch and finetune_args.strategy in ("head", "lora"):
         raise OptionError(
-            "from_scratch", f"trains every weight; --strategy {tune.strategy} freezes most of a random model"
+            "from_scratch", f"trains every weight; --strategy {finetune_args.strategy} freezes most of a random model"
         )
-    if tune.learn_residual and tune.strategy == "fno":
+    if finetune_args.learn_residual and finetune_args.strategy == "fno":
         raise OptionError("learn_residual", "is an scOT option; --strategy fno trains neuraloperator's FNO")
-    if tune.head_warmup_steps and (tune.strategy != "full" or tune.from_scratch):
+    if finetune_args.head_warmup_steps and (finetune_args.strategy != "full" or finetune_args.from_scratch):
         raise OptionError("head_warmup_steps", "holds a pretrained body: only for --strategy full, not from scratch")
-    if train is not None and tune.head_warmup_steps and tune.head_warmup_steps >= train.max_steps:
+    if train is not None and finetune_args.head_warmup_steps and finetune_args.head_warmup_steps >= train.max_steps:
         raise OptionError("head_warmup_steps", f"must be below --max_steps ({train.max_steps})")
-    if train is not None and tune.strategy != "refiner":  # refiner: max_steps 0 refines the given model as it is
+    if (
+        train is not None and finetune_args.strategy != "refiner"
+    ):  # refiner: max_steps 0 refines the given model as it is
         check_steps(train)

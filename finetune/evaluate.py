@@ -50,23 +50,27 @@ def evaluate_model(model, sources: list, out_dir: str | Path | None = None, plot
     return result
 
 
-def run_evaluation_options(data_args, tune) -> dict:
+def run_evaluation_options(data_args, finetune_args) -> dict:
     """The options of `foundation.evaluation.evaluate` a fine-tuning run sets: its stride and snapshot limit
-    (`data_args`), its `--eval_max_pairs` and `--eval_rollout_trajectories` (`tune`). The run's own evaluation and
-    every benchmark cell evaluate with these."""
+    (`data_args`), its `--eval_max_pairs` and `--eval_rollout_trajectories` (`finetune_args`). The run's own
+    evaluation and every benchmark cell evaluate with these."""
     return dict(
         stride=data_args.stride,
         max_snapshots=data_args.max_snapshots,
-        max_pairs=tune.eval_max_pairs,
-        rollout_trajectories=tune.eval_rollout_trajectories,
+        max_pairs=finetune_args.eval_max_pairs,
+        rollout_trajectories=finetune_args.eval_rollout_trajectories,
     )
 
 
-def evaluate_run(model_dir: Path, specs: list[str], data_args, tune, out_dir: Path) -> dict:
+def evaluate_run(model_dir: Path, specs: list[str], data_args, finetune_args, out_dir: Path) -> dict:
     """Evaluation of a fine-tuning run's exported model (and of the model before refinement, if any) on the
-    `tune.eval_split` of the sources `specs`, with the run's options (`run_evaluation_options`) and plots if
-    `tune.eval_plots`."""
-    kwargs = dict(split=tune.eval_split, plots=tune.eval_plots, **run_evaluation_options(data_args, tune))
+    `finetune_args.eval_split` of the sources `specs`, with the run's options (`run_evaluation_options`) and plots if
+    `finetune_args.eval_plots`."""
+    kwargs = dict(
+        split=finetune_args.eval_split,
+        plots=finetune_args.eval_plots,
+        **run_evaluation_options(data_args, finetune_args),
+    )
     # Opened once for both models: the evaluation normalises with each model's statistics without touching them.
     sources = [open_source(spec, fill_stats=True) for spec in specs]
     result = evaluate_model(load_model(model_dir), sources, out_dir=out_dir, **kwargs)

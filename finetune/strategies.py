@@ -48,8 +48,8 @@ class Strategy:
 
     name = "full"
 
-    def __init__(self, tune: FinetuneArguments):
-        self.tune = tune
+    def __init__(self, finetune_args: FinetuneArguments):
+        self.finetune_args = finetune_args
 
     def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
         """The model to train, from the channel-adapted `model` (`base` is the pretrained model as loaded)."""
@@ -57,14 +57,14 @@ class Strategy:
 
     def param_groups(self, model: torch.nn.Module, learning_rate: float) -> list[dict]:
         """AdamW parameter groups with their learning rates."""
-        if self.tune.from_scratch:
+        if self.finetune_args.from_scratch:
             return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": learning_rate}]
         roles = parameter_roles(model)
-        hold = {"hold_steps": self.tune.head_warmup_steps} if self.tune.head_warmup_steps else {}
+        hold = {"hold_steps": self.finetune_args.head_warmup_steps} if self.finetune_args.head_warmup_steps else {}
         return [
             {"params": roles["body"], "lr": learning_rate, **hold},
-            {"params": roles["head"], "lr": self.tune.head_learning_rate},
-            {"params": roles["time_norm"], "lr": self.tune.norm_learning_rate, **hold},
+            {"params": roles["head"], "lr": self.finetune_args.head_learning_rate},
+            {"params": roles["time_norm"], "lr": self.finetune_args.norm_learning_rate, **hold},
         ]
 
     def describe(self, max_steps: int) -> str:
@@ -96,25 +96,31 @@ class Head(Strategy):
         return model
 
     def param_groups(self, model: torch.nn.Module, learning_rate: float) -> list[dict]:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": self.tune.head_learning_rate}]
+        return [
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": self.finetune_args.head_learning_rate}
+        ]
 
 
 class Lora(Head):
     name = "lora"
 
     def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
-        tune = self.tune
+        finetune_args = self.finetune_args
         changed = (model.config.channel_names, model.config.output_channel_names) != (
             base.config.channel_names,
             base.config.output_channel_names,
         )
-        if changed and not tune.lora_train_head:
+        if changed and not finetune_args.lora_train_head:
             raise ValueError(
                 "--lora_train_head False: the data's channels differ from the pretrained model's, so the "
                 "new embedding/recovery rows must train (keep --lora_train_head True)"
             )
         self.config = lora.lora_config(
-            tune.lora_rank, tune.lora_alpha, tune.lora_dropout, tune.lora_targets, tune.lora_train_head
+            finetune_args.lora_rank,
+            finetune_args.lora_alpha,
+            finetune_args.lora_dropout,
+            finetune_args.lora_targets,
+            finetune_args.lora_train_head,
         )
         return lora.wrap(model, self.config)
 
@@ -140,18 +146,28 @@ class Refiner(Full):
     def after_training(self, run: PreparedRun, model_dir: Path) -> dict:
         """Spectral-Refiner on the model just exported (`refiner.refine_exported`), on the main process while the
         others wait; the unrefined model moves to `model-before-refiner/`."""
-        acc, data, args, tune = run.accelerator, run.data, run.data_args, self.tune
+        acc, data, args, finetune_args = run.accelerator, run.data, run.data_args, self.finetune_args
         summary: dict = {}
         if acc.is_main_process:
             fit_set = data.train_set
-            if tune.refiner_fit_split != "train":  # held-out pairs, normalised as the training pairs are
+            if finetune_args.refiner_fit_split != "train":  # held-out pairs, normalised as the training pairs are
                 options = dict(
                     stride=args.stride, max_snapshots=args.max_snapshots, include_identity=args.include_identity
                 )
-                fit_set = held_out_pairs(run.config, data.sources, tune.refiner_fit_split, source_stats=True, **options)
+                fit_set = held_out_pairs(
+                    run.config, data.sources, finetune_args.refiner_fit_split, source_stats=True, **options
+                )
             info = data.sources[0].info
             summary = refiner.refine_exported(
-                model_dir, fit_set, data.val_set, info, tune, args.eval_pairs, run.out, run.args.seed, acc.print
+                model_dir,
+                fit_set,
+                data.val_set,
+                info,
+                finetune_args,
+                args.eval_pairs,
+                run.out,
+                run.args.seed,
+                acc.print,
             )
         acc.wait_for_everyone()
         return {"refiner": summary}
@@ -166,8 +182,10 @@ class Fno(Strategy):
     def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
         from .baselines import FNOBaseline
 
-        tune = self.tune
-        return FNOBaseline(copy.deepcopy(model.config), tune.fno_modes, tune.fno_width, tune.fno_layers)
+        finetune_args = self.finetune_args
+        return FNOBaseline(
+            copy.deepcopy(model.config), finetune_args.fno_modes, finetune_args.fno_width, finetune_args.fno_layers
+        )
 
     def param_groups(self, model: torch.nn.Module, learning_rate: float) -> list[dict]:
         return [{"params": list(model.parameters()), "lr": learning_rate}]
@@ -179,8 +197,8 @@ class Fno(Strategy):
         from .baselines import FNOBaseline
 
         def rebuild(config, state: dict) -> torch.nn.Module:
-            tune = self.tune
-            fresh = FNOBaseline(config, tune.fno_modes, tune.fno_width, tune.fno_layers)
+            finetune_args = self.finetune_args
+            fresh = FNOBaseline(config, finetune_args.fno_modes, finetune_args.fno_width, finetune_args.fno_layers)
             fresh.load_state_dict(state)
             return fresh
 

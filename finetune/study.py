@@ -53,7 +53,7 @@ def run_study(
     model_args: ModelArguments,
     data_args: DataArguments,
     train_args: TrainArguments,
-    tune: FinetuneArguments,
+    finetune_args: FinetuneArguments,
     study: StudyArguments,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -64,7 +64,7 @@ def run_study(
         model_args: The pretrained model (`--init_from`).
         data_args: The one task (`--datasets`) and the data options.
         train_args: The budget, the output folder, the seed and the fine-tuned run's learning rate.
-        tune: The fine-tuning options (`--strategy`).
+        finetune_args: The fine-tuning options (`--strategy`).
         study: The trajectory counts, the scratch runs' learning rate and the metric compared.
         log: Where the one line per cell goes.
 
@@ -79,9 +79,11 @@ def run_study(
         finetuned_learning_rates=[train_args.learning_rate],
         scratch_learning_rates=[study.scratch_learning_rate],
     )
-    run = RunArguments(model_args, copy.deepcopy(data_args), train_args, tune)
+    run = RunArguments(model_args, copy.deepcopy(data_args), train_args, finetune_args)
     run.data_args.datasets = []  # a benchmark's data are its tasks: this one
-    (task,) = run_benchmark(run.model_args, run.data_args, run.train_args, run.tune, bench, log=log)["tasks"].values()
+    (task,) = run_benchmark(run.model_args, run.data_args, run.train_args, run.finetune_args, bench, log=log)[
+        "tasks"
+    ].values()
     root = Path(train_args.output_dir)
     ((name, _),) = bench.task_list()  # the file's stem, or the family of a pde: spec
     ns = list(study.n)
@@ -95,7 +97,7 @@ def run_study(
         "metric": study.metric,
         "split": "test",
         "budget": run.budget(),
-        "strategy": tune.strategy,
+        "strategy": finetune_args.strategy,
         "n": ns,
         "finetuned": results["finetuned"],
         "scratch": results["scratch"],
@@ -159,7 +161,7 @@ def check_study(
     model_args: ModelArguments,
     data_args: DataArguments,
     train_args: TrainArguments,
-    tune: FinetuneArguments,
+    finetune_args: FinetuneArguments,
     study: StudyArguments,
 ) -> None:
     """What a study needs beyond a fine-tuning run's checks (`finetune.config.check`).
@@ -168,10 +170,10 @@ def check_study(
         OptionError: --from_scratch (the study trains its scratch runs itself), a strategy other than full, head
             or lora, or other than one dataset.
     """
-    check(tune, model_args, train_args)
-    if tune.from_scratch:
+    check(finetune_args, model_args, train_args)
+    if finetune_args.from_scratch:
         raise OptionError("from_scratch", "is not for a study: the study trains its scratch runs itself")
-    if tune.strategy in ("refiner", "fno"):
+    if finetune_args.strategy in ("refiner", "fno"):
         raise OptionError("strategy", "must be full, head or lora in a study (it compares fine-tuning with scratch)")
     if len(data_args.datasets) != 1:
         raise OptionError("datasets", "a study is one task: give one dataset (finetune.benchmark takes several)")

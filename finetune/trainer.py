@@ -53,39 +53,45 @@ class Finetuner(RunView):
     tag = "finetune"
 
     def __init__(
-        self, model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments, tune: FinetuneArguments
+        self,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        train_args: TrainArguments,
+        finetune_args: FinetuneArguments,
     ):
         from accelerate.utils import set_seed
 
-        check(tune)
+        check(finetune_args)
         if not model_args.init_from:
             raise ValueError("--init_from: the pretrained model (folder or Hub repo id) is required")
-        self.tune, self.args = tune, train_args
+        self.finetune_args, self.args = finetune_args, train_args
         data_args = copy.deepcopy(data_args)
         data_args.datasets = resolve_specs(data_args.datasets, Path(train_args.output_dir).parent / "data")
         self.accelerator = acc = build_accelerator(train_args, self.tag)
         set_seed(train_args.seed)  # identical initial weights on every rank
-        data = build_data(data_args, train_args.seed, acc.process_index, acc.num_processes, tune.train_trajectories)
-        if tune.strategy == "refiner" and tune.refiner_loss == "residual":
+        data = build_data(
+            data_args, train_args.seed, acc.process_index, acc.num_processes, finetune_args.train_trajectories
+        )
+        if finetune_args.strategy == "refiner" and finetune_args.refiner_loss == "residual":
             # What only the residual loss needs (viscosity, periodic box, u and v) fails now, not after the
             # fine-tune that precedes the refinement; the model's outputs will be these targets.
             refiner.residual_parameters(data.sources[0].info, data.targets)
-        self.strategy = STRATEGIES[tune.strategy](tune)
-        base, model = adapted_model(model_args.init_from, data, train_args.seed, tune.channel_aliases())
-        if tune.from_scratch:  # the same architecture and data description, none of the pretrained weights
+        self.strategy = STRATEGIES[finetune_args.strategy](finetune_args)
+        base, model = adapted_model(model_args.init_from, data, train_args.seed, finetune_args.channel_aliases())
+        if finetune_args.from_scratch:  # the same architecture and data description, none of the pretrained weights
             torch.manual_seed(train_args.seed)
             model = ScOT(model.config)
-        if tune.learn_residual:
+        if finetune_args.learn_residual:
             model = predict_increments(model)
         model = self.strategy.prepare(model, base)
         self.parameters_info = count_parameters(model)  # before ZeRO-3 partitions the tensors
         groups = self.strategy.param_groups(model, train_args.learning_rate)
         self.run = PreparedRun(
-            acc, model, groups, data, model_args, data_args, train_args, self.tag, {"finetune": asdict(tune)}
+            acc, model, groups, data, model_args, data_args, train_args, self.tag, {"finetune": asdict(finetune_args)}
         )
         info = self.parameters_info
         acc.print(
-            f"[finetune] strategy {tune.strategy}{' (from scratch)' if tune.from_scratch else ''}: "
+            f"[finetune] strategy {finetune_args.strategy}{' (from scratch)' if finetune_args.from_scratch else ''}: "
             f"{info['trainable']:,} of {info['total']:,} parameters train"
             f"{self.strategy.describe(train_args.max_steps)} ({100 * info['trainable_fraction']:.2f}%)"
         )
@@ -102,8 +108,8 @@ class Finetuner(RunView):
 
         acc = self.accelerator
         result = run(self.run.parts(self.finish), self.args, callbacks)
-        result["strategy"] = self.tune.strategy
-        result["from_scratch"] = self.tune.from_scratch
+        result["strategy"] = self.finetune_args.strategy
+        result["from_scratch"] = self.finetune_args.from_scratch
         result["parameters"] = self.parameters_info
         result.update(self.strategy.after_training(self.run, Path(result["model"])))
         if acc.is_main_process:
@@ -112,7 +118,7 @@ class Finetuner(RunView):
                     Path(result["model"]),
                     self.run.data.specs,
                     self.run.data_args,
-                    self.tune,
+                    self.finetune_args,
                     self.run.out / "evaluation",
                 )
             (self.run.out / "result.json").write_text(json.dumps(result, indent=2, default=str))

@@ -81,7 +81,7 @@ def finetune_demo(args, base: str, data_dir: Path) -> dict:
     generate_s = time.perf_counter() - start
     root = args.out / "finetune"
 
-    def run(name: str, init_from: str, steps: int, learning_rate: float, **tune) -> dict:
+    def run(name: str, init_from: str, steps: int, learning_rate: float, **finetune_args) -> dict:
         start = time.perf_counter()
         trainer = Finetuner(
             ModelArguments(init_from=init_from),
@@ -99,7 +99,7 @@ def finetune_demo(args, base: str, data_dir: Path) -> dict:
                 resume=False,
                 seed=args.seed,
             ),
-            FinetuneArguments(head_learning_rate=2e-3, norm_learning_rate=2e-3, **tune),
+            FinetuneArguments(head_learning_rate=2e-3, norm_learning_rate=2e-3, **finetune_args),
         )
         result = trainer.train()
         result["wall_s"] = round(time.perf_counter() - start, 1)

@@ -370,23 +370,26 @@ def _procedure(args: dict, result: dict) -> str:
         f"{result.get('mfu', '?')} ({result.get('train_gflop_per_sample', '?')} GFLOP per sample, peak "
         f"{result.get('peak_tflops', '?')} TFLOP/s {result.get('peak_source', '')})",
     ]
-    tune = args.get("finetune")
-    if tune:  # a fine-tuning run (finetune.trainer): say how, since the numbers depend on it
-        lines.append(_finetune_procedure(tune))
+    finetuning = args.get("finetune")
+    if finetuning:  # a fine-tuning run (finetune.trainer): say how, since the numbers depend on it
+        lines.append(_finetune_procedure(finetuning))
     return "\n".join(lines)
 
 
-def _finetune_procedure(tune: dict) -> str:
+def _finetune_procedure(finetuning: dict) -> str:
     """The procedure line of a fine-tuning run: strategy, learning rates, and the strategy's own settings."""
-    how = f"- fine-tuning strategy `{tune['strategy']}`" + (" (from scratch)" if tune.get("from_scratch") else "")
-    how += f"; embedding/recovery lr {tune['head_learning_rate']}"
-    how += f", time-conditioned norms lr {tune['norm_learning_rate']}"
-    if tune["strategy"] == "lora":
-        how += f"; LoRA rank {tune['lora_rank']}, alpha {tune['lora_alpha']} on {', '.join(tune['lora_targets'])}"
-    if tune["strategy"] == "refiner":
+    how = f"- fine-tuning strategy `{finetuning['strategy']}`"
+    how += " (from scratch)" if finetuning.get("from_scratch") else ""
+    how += f"; embedding/recovery lr {finetuning['head_learning_rate']}"
+    how += f", time-conditioned norms lr {finetuning['norm_learning_rate']}"
+    if finetuning["strategy"] == "lora":
+        targets = ", ".join(finetuning["lora_targets"])
+        how += f"; LoRA rank {finetuning['lora_rank']}, alpha {finetuning['lora_alpha']} on {targets}"
+    if finetuning["strategy"] == "refiner":
         how += (
-            f"; Spectral-Refiner on the {tune['refiner_loss']} H^-{tune['sobolev_s']} loss "
-            f"(alpha {tune['sobolev_alpha']:.3g}), {tune['refiner_steps']} steps, early stopping on validation"
+            f"; Spectral-Refiner on the {finetuning['refiner_loss']} H^-{finetuning['sobolev_s']} loss "
+            f"(alpha {finetuning['sobolev_alpha']:.3g}), {finetuning['refiner_steps']} steps, "
+            "early stopping on validation"
         )
     return how
 
