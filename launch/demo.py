@@ -63,6 +63,14 @@ def plot_predictions(model: ScOT, val_set, path: Path) -> None:
     field_rows(rows, path)
 
 
+def generate_corpus(pde: str, args, data_dir: Path, seed: int) -> Path:
+    """One pretraining dataset of the demo: `args.trajectories` of `pde` at `args.resolution`, 11 snapshots."""
+    out = data_dir / f"{pde}.h5"
+    return generate(
+        pde, args.trajectories, args.resolution, out, snapshots=11, seed=seed, batch=8, overwrite=True, progress=False
+    )
+
+
 def finetune_demo(args, base: str, data_dir: Path) -> dict:
     """Scratch vs full fine-tuning vs full fine-tuning + Spectral-Refiner on Allen-Cahn, one budget."""
     start = time.perf_counter()
@@ -123,6 +131,22 @@ def finetune_demo(args, base: str, data_dir: Path) -> dict:
         sobolev_s=0.5,
         refiner_steps=args.refiner_steps,
     )
+    table, lines = _results_table(runs, args.trajectories, steps)
+    print("\n".join(lines))
+    return {
+        "data": str(data),
+        "generate_s": round(generate_s, 1),
+        "table": table,
+        "refiner": {
+            k: runs["full + refiner"]["refiner"][k]
+            for k in ("val_median_rel_l1_before", "val_median_rel_l1_after", "best_step", "steps_run", "fit_pairs")
+        },
+        "markdown": "\n".join(lines),
+    }
+
+
+def _results_table(runs: dict[str, dict], trajectories: int, steps: int) -> tuple[dict, list[str]]:
+    """The demo's fine-tuning table: test errors, trained parameters and wall time per run, and its markdown."""
     table = {}
     for name, result in runs.items():
         e = result["evaluation"]
@@ -136,7 +160,7 @@ def finetune_demo(args, base: str, data_dir: Path) -> dict:
     refiner = runs["full + refiner"]["refiner"]
     table["full + refiner"]["trainable_parameters"] = refiner["head_parameters"]
     lines = [
-        f"Allen-Cahn (never seen in pretraining), {args.trajectories} trajectories: test error on held-out "
+        f"Allen-Cahn (never seen in pretraining), {trajectories} trajectories: test error on held-out "
         f"trajectories (physical units), {steps} steps x batch 16 for scratch and full fine-tuning",
         "| model | median rel. L1 % | mean rel. L1 % | median rel. L2 % | trained parameters | wall s |",
         "|---|---|---|---|---|---|",
@@ -146,17 +170,7 @@ def finetune_demo(args, base: str, data_dir: Path) -> dict:
             f"| {name} | {row['test_median_rel_l1']} | {row['test_mean_rel_l1']} | {row['test_median_rel_l2']} | "
             f"{row['trainable_parameters']:,} | {row['wall_s']} |"
         )
-    print("\n".join(lines))
-    return {
-        "data": str(data),
-        "generate_s": round(generate_s, 1),
-        "table": table,
-        "refiner": {
-            k: refiner[k]
-            for k in ("val_median_rel_l1_before", "val_median_rel_l1_after", "best_step", "steps_run", "fit_pairs")
-        },
-        "markdown": "\n".join(lines),
-    }
+    return table, lines
 
 
 def main() -> None:
@@ -175,20 +189,7 @@ def main() -> None:
     timings = {}
 
     start = time.perf_counter()
-    corpora = [
-        generate(
-            pde,
-            args.trajectories,
-            args.resolution,
-            data_dir / f"{pde}.h5",
-            snapshots=11,
-            seed=args.seed + k,
-            batch=8,
-            overwrite=True,
-            progress=False,
-        )
-        for k, pde in enumerate(["ns-sines", "ce-rp"])
-    ]
+    corpora = [generate_corpus(pde, args, data_dir, seed=args.seed + k) for k, pde in enumerate(["ns-sines", "ce-rp"])]
     timings["generate_s"] = round(time.perf_counter() - start, 1)
 
     model_args = ModelArguments(preset="tiny")
