@@ -25,6 +25,30 @@ from foundation.modeling_scot import ScOTOutput
 
 FNO_CONFIG = "fno_config.json"  # beside config.json: marks a folder as an FNO baseline
 WEIGHTS = "model.safetensors"
+INSTALL_BASELINES = 'pip install -e ".[baselines]"'  # pyproject.toml's extra with neuraloperator
+
+
+class MissingExtra(ModuleNotFoundError, ValueError):
+    """An optional dependency is not installed. Still a ModuleNotFoundError (code that catches ImportError to fall
+    back keeps working), and a ValueError so that the entry points (`foundation.cli.guarded`) end with its one-line
+    message, which says what to install, instead of a traceback."""
+
+
+def fno_class() -> type[nn.Module]:
+    """neuraloperator's `FNO` class.
+
+    Raises:
+        MissingExtra: neuraloperator (or a module it imports) is missing: one line naming the extra to install.
+    """
+    try:
+        from neuralop.models import FNO
+    except ImportError as error:  # also a broken install: an incompatible version, a missing dependency of it
+        raise MissingExtra(
+            f"the FNO baseline needs neuraloperator, the [baselines] extra, which cannot be imported ({error}); "
+            f"install it with {INSTALL_BASELINES} (from the repository root)",
+            name=getattr(error, "name", None),
+        ) from None
+    return FNO
 
 
 def _loss(config, out: Tensor, labels: Tensor | None, channel_mask: Tensor | None) -> Tensor | None:
@@ -57,8 +81,7 @@ class FNOBaseline(nn.Module):
     """neuraloperator's FNO on normalised fields: inputs + a lead-time channel -> outputs, scOT's loss and output."""
 
     def __init__(self, config: ScOTConfig, modes: int = 12, width: int = 32, layers: int = 4):
-        from neuralop.models import FNO
-
+        FNO = fno_class()  # the class, named as neuraloperator names it
         super().__init__()
         self.config = config
         self.fno_settings = {"modes": modes, "width": width, "layers": layers}

@@ -179,6 +179,12 @@ class Fno(Strategy):
 
     name = "fno"
 
+    def __init__(self, finetune_args: FinetuneArguments):
+        from .baselines import fno_class
+
+        fno_class()  # a missing [baselines] extra is said now, before the pretrained model loads, in one line
+        super().__init__(finetune_args)
+
     def prepare(self, model: ScOT, base: ScOT) -> torch.nn.Module:
         from .baselines import FNOBaseline
 

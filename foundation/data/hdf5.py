@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,42 @@ from .source import DataError, SourceInfo, TrajectorySource, default_splits, jso
 
 SCHEMA_VERSION = 1
 REQUIRED_ATTRS = ("channel_names", "time_scale", "splits")
+
+
+def swapped_axes_hint(shape: Sequence[int], expected: Sequence[int | None]) -> str:
+    """The likely cause of a shape mismatch, as a clause to append to its message, or "".
+
+    Data written by another tool most often disagree with a reader by their two spatial axes: stored y first
+    ([..., Y, X], the row-major image convention) where the reader expects x first. When `shape` is `expected`
+    with exactly two axes of different lengths exchanged, the clause says so and how to fix it.
+
+    Args:
+        shape: The shape found (a dataset's, or a grid (H, W)).
+        expected: The shape the reader expects; None matches any length (e.g. a trajectory count).
+    """
+    if len(shape) != len(expected):
+        return ""
+    wrong = [i for i, (s, e) in enumerate(zip(shape, expected)) if e is not None and s != e]
+    if len(wrong) != 2:
+        return ""
+    i, j = wrong
+    if (shape[i], shape[j]) != (expected[j], expected[i]):
+        return ""
+    return (
+        f"; axes {i} and {j} hold each other's lengths: likely stored y first ([..., Y, X]) where x first "
+        f"([..., X, Y]) is read; write them transposed (np.swapaxes(data, {i}, {j}))"
+    )
+
+
+def coordinate_hint(count: int, n: int, other: int) -> str:
+    """The likely cause of a coordinate array of `count` entries for an axis of `n` cells, or "": when it
+    matches the other axis (`other` cells), the axes are most likely stored y first."""
+    if count == other != n:
+        return (
+            f"; the other axis has {other} cells: likely stored y first ([..., Y, X]) where x first ([..., X, Y]) "
+            f"is read; write the data transposed"
+        )
+    return ""
 
 
 class H5Handle:
@@ -127,10 +164,11 @@ class H5Source(TrajectorySource):
         static_names = self.info.static_names
         if static_names and "static" not in file:
             raise DataError(f"{self.path}: static_names: {static_names} but no 'static' dataset")
-        if "static" in file and file["static"].shape != (fields.shape[0], len(static_names), *fields.shape[3:]):
+        expected = (fields.shape[0], len(static_names), *fields.shape[3:])
+        if "static" in file and file["static"].shape != expected:
             raise DataError(
-                f"{self.path}: 'static' has shape {file['static'].shape}, expected "
-                f"{(fields.shape[0], len(static_names), *fields.shape[3:])}"
+                f"{self.path}: 'static' has shape {file['static'].shape}, expected {expected} (like 'fields' "
+                f"{fields.shape}){swapped_axes_hint(file['static'].shape, expected)}"
             )
         # What the solvers write, one uncompressed float32 chunk per snapshot, is read as the raw chunk: about
         # twice as fast as h5py's selection machinery, which dominates the cost of a 4 x 128 x 128 read.

@@ -22,6 +22,11 @@ PDEBench's own loaders index them (`meshgrid(x, y)` with the first axis x). The 
 (cell centres +/- half a spacing) when coordinates are stored. No statistics are stored (`info.mean/std` are None;
 `open_source(..., fill_stats=True)` computes them). PDEBench stores no splits; its loaders hold out 10 % by
 stored order, which we follow (see `_splits`).
+
+A folder of files of one layout (PDEBench sets published as one file per seed or batch, e.g. the incompressible
+NS `ns_incom_inhom_2d_512-<k>.h5`) is one source: its files in natural order (`-2` before `-10`), whole files
+held out as val and test (80/10/10 of the files, by the layout's rule), so no test trajectory shares a file, and
+its seed, with a training one.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from .hdf5 import H5Handle
+from .hdf5 import H5Handle, coordinate_hint, swapped_axes_hint
 from .source import DataError, SourceInfo, TrajectorySource
 
 SOURCE = "pdebench/PDEBench (data: DaRUS doi:10.18419/darus-2986)"
@@ -116,11 +122,14 @@ def _yaml_config(attrs: h5py.AttributeManager) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def _edges(path: Path, key: str, coords: Any, n: int) -> list[float] | None:
-    """Box edges of an axis of `n` cells from its cell-centre coordinates (None when they cannot tell)."""
+def _edges(path: Path, key: str, coords: Any, n: int, other: int = 0) -> list[float] | None:
+    """Box edges of an axis of `n` cells from its cell-centre coordinates (None when they cannot tell); `other`
+    is the length of the other spatial axis, which a mismatch is compared with to name its likely cause."""
     c = np.asarray(coords, dtype=np.float64).reshape(-1)
     if len(c) != n:
-        raise DataError(f"{path}: {key!r} has {len(c)} entries for an axis of {n} cells")
+        raise DataError(
+            f"{path}: {key!r} has {len(c)} entries for an axis of {n} cells{coordinate_hint(len(c), n, other)}"
+        )
     if n < 2 or not np.all(np.isfinite(c)):
         return None
     half = 0.5 * (c[-1] - c[0]) / (n - 1)
@@ -141,18 +150,43 @@ def _splits(n: int, test_first: bool) -> dict[str, tuple[int, int]]:
     return {"train": (0, n - 2 * k), "val": (n - 2 * k, n - k), "test": (n - k, n)}
 
 
+def _natural(path: Path) -> list:
+    """Sort key of a file name with its numbers compared as numbers (`..._512-2.h5` before `..._512-10.h5`)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _folder_splits(counts: list[int], test_first: bool) -> tuple[dict[str, tuple[int, int]], str]:
+    """(trajectory ranges, rule) of a folder of files: 80/10/10 of whole files (test first or last as the layout's
+    loader takes it), so that held-out trajectories never share a file (a seed) with training ones; under 3
+    files, 80/10/10 of the trajectories as for one file."""
+    offsets = np.cumsum([0, *counts]).tolist()
+    if len(counts) < 3:
+        return _splits(offsets[-1], test_first), "80/10/10 of the trajectories by stored order (under 3 files)"
+    by_file = _splits(len(counts), test_first)
+    where = "first" if test_first else "last"
+    rule = f"80/10/10 of whole files in natural name order; test = the {where} 10 % of the files"
+    return {s: (offsets[a], offsets[b]) for s, (a, b) in by_file.items()}, rule
+
+
 class PDEBenchSource(TrajectorySource):
-    """One PDEBench 2-D HDF5 file, read lazily with h5py (one snapshot per read, never the whole file).
+    """One PDEBench 2-D HDF5 file, or a folder of them, read lazily with h5py (one snapshot per read, never the
+    whole file).
 
     The layout is detected from the file's keys (see the module docstring); a file that matches none, a 1-D or
     3-D variant, or datasets whose shapes disagree raise a `DataError` naming the file and the key.
 
     Args:
-        path: A PDEBench .h5/.hdf5 file.
+        path: A PDEBench .h5/.hdf5 file, or a folder of files of one set (one file per seed or batch of
+            trajectories), concatenated in natural name order with whole files held out (`_folder_splits`).
+        max_open_files: For a folder, files kept open per process (a set may come as hundreds of files).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, max_open_files: int = 32):
         self.path = Path(path)
+        self._parts: list[PDEBenchSource] = []  # a folder's files; empty for one file
+        if self.path.is_dir():
+            self._open_folder(max_open_files)
+            return
         self._h5 = H5Handle(self.path, "PDEBench HDF5")
         file = self._h5.file()
         layout = detect_layout(file)
@@ -168,9 +202,76 @@ class PDEBenchSource(TrajectorySource):
             self._h5.close()  # a refused file is not left open
             raise
 
+    def _open_folder(self, max_open_files: int) -> None:
+        files = sorted(
+            (p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in (".h5", ".hdf5")), key=_natural
+        )
+        if not files:
+            raise DataError(f"{self.path}: no .h5/.hdf5 files (a PDEBench folder holds one file per seed or batch)")
+        parts: list[PDEBenchSource] = []
+        try:
+            for file in files:
+                parts.append(PDEBenchSource(file))
+                parts[-1].close()  # reopened on its first read: a folder may hold hundreds of files
+            for part in parts[1:]:
+                self._check_same(parts[0], part)
+        except DataError:
+            for part in parts:
+                part.close()
+            raise
+        first = parts[0]
+        self._parts, self.layout, self._groups, self._h5 = parts, first.layout, [], None
+        self.max_open_files, self._open = max_open_files, OrderedDict()
+        counts = [part.shape[0] for part in parts]
+        self._offsets = np.cumsum([0, *counts])
+        splits, rule = _folder_splits(counts, test_first=first.layout in ("cfd", "darcy"))
+        provenance = {k: v for k, v in first.info.provenance.items() if k != "file"}
+        provenance.update(
+            folder=str(self.path),
+            files=[f.name for f in files],
+            trajectories_per_file=counts,
+            splits_rule=rule,
+        )
+        info = SourceInfo(
+            name=str(self.path),
+            channel_names=list(first.info.channel_names),
+            static_names=list(first.info.static_names),
+            times=first.info.times,
+            time_scale=first.info.time_scale,
+            splits=splits,
+            steady=first.info.steady,
+            pde=dict(first.info.pde),
+            domain=dict(first.info.domain),
+            provenance=provenance,
+        )
+        super().__init__(info, (int(self._offsets[-1]), *first.shape[1:]))
+
+    @staticmethod
+    def _check_same(first: PDEBenchSource, part: PDEBenchSource) -> None:
+        """Files of one folder must be one set: layout, snapshots, channels, grid, times and PDE parameters."""
+        where = f"{part.path} (compared with {first.path}, the folder's first file)"
+        if part.layout != first.layout:
+            raise DataError(f"{where}: a {part.layout} file among {first.layout} files; a folder holds one set")
+        if part.shape[1:] != first.shape[1:]:
+            shown = "(T, C, X, Y)"
+            raise DataError(
+                f"{where}: {shown} = {part.shape[1:]} != {first.shape[1:]}"
+                f"{swapped_axes_hint(part.shape[1:], first.shape[1:])}"
+            )
+        a, b = part.info.times - part.info.times[0], first.info.times - first.info.times[0]
+        if not np.allclose(a, b, rtol=1e-5, atol=1e-8 * max(1.0, float(np.ptp(b)))):
+            raise DataError(f"{where}: the time grid differs beyond a shift (lead times would be wrong)")
+        # The grid size in the name may differ in a shortened name; the shapes were compared above.
+        ours, theirs = ({k: v for k, v in s.info.pde.items() if k != "resolution"} for s in (part, first))
+        if ours != theirs:
+            raise DataError(
+                f"{where}: PDE parameters {ours} != {theirs}; pass files of different parameters as separate datasets"
+            )
+
     # ------------------------------------------------------------------ layouts
-    def _shape_error(self, key: str, shape: tuple, expected: str) -> DataError:
-        return DataError(f"{self.path}: {key!r} has shape {shape}, expected {expected} ({self.layout} layout)")
+    def _shape_error(self, key: str, shape: tuple, expected: str, like: tuple | None = None) -> DataError:
+        hint = swapped_axes_hint(shape, like) if like is not None else ""
+        return DataError(f"{self.path}: {key!r} has shape {shape}, expected {expected} ({self.layout} layout){hint}")
 
     def _info(self, n: int, times: np.ndarray, *, test_first: bool, **fields: Any) -> SourceInfo:
         times = np.asarray(times, dtype=np.float64)
@@ -207,7 +308,7 @@ class PDEBenchSource(TrajectorySource):
             if key not in file:
                 raise DataError(f"{self.path}: missing {key!r} (2-D CFD layout: {', '.join(CFD_KEYS.values())})")
             if file[key].shape != density.shape:
-                raise self._shape_error(key, file[key].shape, f"{density.shape} like 'density'")
+                raise self._shape_error(key, file[key].shape, f"{density.shape} like 'density'", density.shape)
         n, t, h, w = density.shape
         times = self._times(file, "t-coordinate", t, allow_extra=True)
         params = name_parameters(self.path.stem)
@@ -232,9 +333,11 @@ class PDEBenchSource(TrajectorySource):
             raise self._shape_error("velocity", velocity.shape, "[N, T, X, Y, 2]")
         n, t, h, w, _ = velocity.shape
         if particles.shape != (n, t, h, w, 1):
-            raise self._shape_error("particles", particles.shape, f"{(n, t, h, w, 1)} to match 'velocity'")
+            raise self._shape_error(
+                "particles", particles.shape, f"{(n, t, h, w, 1)} to match 'velocity'", (n, t, h, w, 1)
+            )
         if force.shape != (n, h, w, 2):
-            raise self._shape_error("force", force.shape, f"{(n, h, w, 2)} to match 'velocity'")
+            raise self._shape_error("force", force.shape, f"{(n, h, w, 2)} to match 'velocity'", (n, h, w, 2))
         times = self._times(file, "t", t)
         config = _yaml_config(file.attrs)
         pde: dict[str, Any] = {"id": "pdebench-ns-incom", "family": "pdebench-ns-incom"}
@@ -282,9 +385,10 @@ class PDEBenchSource(TrajectorySource):
             item = file[key]
             shape = item["data"].shape if isinstance(item, h5py.Group) and "data" in item else None
             if shape != data.shape:
+                hint = swapped_axes_hint(shape, data.shape) if shape is not None else ""
                 raise DataError(
                     f"{self.path}: group {key!r} holds data of shape {shape}, group {self._groups[0]!r} "
-                    f"{data.shape} (every sample must share one grid and time axis)"
+                    f"{data.shape} (every sample must share one grid and time axis){hint}"
                 )
         grid = first.get("grid")
         times = self._times(grid, "t", t, where=f"{self._groups[0]}/grid/") if grid is not None else np.arange(t)
@@ -329,7 +433,7 @@ class PDEBenchSource(TrajectorySource):
         if one != 1:
             raise self._shape_error("tensor", tensor.shape, "[N, 1, X, Y] (one steady solution per sample)")
         if file["nu"].shape != (n, h, w):
-            raise self._shape_error("nu", file["nu"].shape, f"{(n, h, w)} to match 'tensor'")
+            raise self._shape_error("nu", file["nu"].shape, f"{(n, h, w)} to match 'tensor'", (n, h, w))
         params = name_parameters(self.path.stem)
         if "beta" in file.attrs:
             params["beta"] = float(_plain(file.attrs["beta"]))
@@ -370,8 +474,8 @@ class PDEBenchSource(TrajectorySource):
 
     def _domain(self, group: h5py.Group | None, keys: tuple[str, str], grid: tuple[int, int], periodic: bool) -> dict:
         extent: list = []
-        for key, n in zip(keys, grid):
-            edges = _edges(self.path, key, group[key][...], n) if group is not None and key in group else None
+        for key, n, other in zip(keys, grid, grid[::-1]):
+            edges = _edges(self.path, key, group[key][...], n, other) if group is not None and key in group else None
             extent.append(edges if edges is not None else [0.0, 1.0])
         domain = {"extent": extent, "periodic": [periodic, periodic], "axes": ["x", "y"]}
         if group is None or any(k not in group for k in keys):
@@ -379,7 +483,25 @@ class PDEBenchSource(TrajectorySource):
         return domain
 
     # ------------------------------------------------------------------ reading
+    def _part(self, index: int) -> tuple[PDEBenchSource, int]:
+        """(file of a folder, trajectory index in it) of trajectory `index`; keeps at most `max_open_files` open."""
+        k = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        self._open[k] = None
+        self._open.move_to_end(k)
+        while len(self._open) > self.max_open_files:
+            self._parts[self._open.popitem(last=False)[0]].close()
+        return self._parts[k], int(index - self._offsets[k])
+
+    def _where(self, index: int) -> str | None:
+        if not self._parts:
+            return None
+        k = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        return f"file {self._parts[k].path}, trajectory {int(index - self._offsets[k])} of that file"
+
     def _read(self, index: int, snapshot: int) -> np.ndarray:
+        if self._parts:
+            part, local = self._part(index)
+            return part._read(local, snapshot)
         h5 = self._h5
         if self.layout == "cfd":
             return np.stack([h5.dataset(key)[index, snapshot] for key in CFD_KEYS.values()])
@@ -394,6 +516,9 @@ class PDEBenchSource(TrajectorySource):
         return np.ascontiguousarray(np.moveaxis(data, -1, 0), dtype=np.float32)
 
     def _read_static(self, index: int) -> np.ndarray:
+        if self._parts:
+            part, local = self._part(index)
+            return part._read_static(local)
         if self.layout == "ns-incom":
             return np.ascontiguousarray(np.moveaxis(self._h5.dataset("force")[index], -1, 0), dtype=np.float32)
         if self.layout == "darcy":
@@ -401,4 +526,7 @@ class PDEBenchSource(TrajectorySource):
         return super()._read_static(index)
 
     def close(self) -> None:
-        self._h5.close()
+        for part in self._parts:
+            part.close()
+        if self._h5 is not None:
+            self._h5.close()

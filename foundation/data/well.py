@@ -31,7 +31,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .source import DataError, SourceInfo, TrajectorySource
+from .hdf5 import swapped_axes_hint
+from .source import SPLITS, DataError, SourceInfo, TrajectorySource, default_splits
 
 # Folder names of The Well's splits, in the order their trajectories are concatenated.
 SPLIT_FOLDERS = (("train", "train"), ("val", "valid"), ("test", "test"))
@@ -233,7 +234,8 @@ def _fields(
                 raise DataError(
                     f"{path}: {field.key} has shape {ds.shape}, expected {shown} (time_varying="
                     f"{field.time_varying}, sample_varying={field.sample_varying}, dim_varying="
-                    f"{list(field.dim_varying)})"
+                    f"{list(field.dim_varying)}; the grid is dimensions/{spatial_dims[0]} x "
+                    f"dimensions/{spatial_dims[1]}){swapped_axes_hint(ds.shape, expected)}"
                 )
     return fields
 
@@ -399,6 +401,34 @@ def _field_stats(stats: dict[str, Any] | None, key: str, fields: list[_Field], p
     return out
 
 
+def _auto_split(counts: list[int]) -> tuple[np.ndarray, dict[str, tuple[int, int]], str] | None:
+    """Train/val/test for training data only: (order, splits, rule), or None when nothing can be held out.
+
+    The Well splits each file (one parameter set) 80/10/10 by trajectory; a download of data/train/ alone, or one
+    of its files, is split the same way here: per file `default_splits` (train first, val, test the last 10 %),
+    so every parameter set is seen in training and evaluated on new initial conditions. When no file holds the 3
+    trajectories that needs, whole files are held out instead (at least 3 files), else None. `order[i]` is
+    (file, index in the file) of trajectory i: train, then val, then test, each in file order.
+    """
+    chosen: dict[str, list[tuple[int, int]]] = {s: [] for s in SPLITS}
+    if max(counts) >= 3:
+        for k, n in enumerate(counts):
+            for split, (start, stop) in default_splits(n).items():
+                chosen[split].extend((k, i) for i in range(start, stop))
+        rule = "automatic (training data only): 80/10/10 of each file's trajectories by stored order, test last"
+    elif len(counts) >= 3:
+        for split, (start, stop) in default_splits(len(counts)).items():
+            chosen[split].extend((k, i) for k in range(start, stop) for i in range(counts[k]))
+        rule = "automatic (training data only, under 3 trajectories per file): 80/10/10 of whole files, test last"
+    else:
+        return None
+    order = np.array([pair for split in SPLITS for pair in chosen[split]], dtype=np.int64).reshape(-1, 2)
+    splits, start = {}, 0
+    for split in SPLITS:
+        splits[split], start = (start, start + len(chosen[split])), start + len(chosen[split])
+    return order, splits, rule
+
+
 class WellSource(TrajectorySource):
     """A dataset of The Well (one .hdf5 file, or a dataset folder with data/{train,valid,test}/), read lazily.
 
@@ -408,13 +438,17 @@ class WellSource(TrajectorySource):
     Args:
         path: A Well .hdf5 file, a split folder (data/train/), or a dataset folder holding data/ and stats.yaml.
             For a folder the files of data/train, data/valid and data/test are concatenated in that order and
-            `info.splits` gives their trajectory ranges; a single file or split folder is all "train" unless
-            its folder name says otherwise.
+            `info.splits` gives their trajectory ranges; a single file or split folder belongs to the split its
+            folder name says (data/valid/ -> val), else to "train", which `auto_split` then splits.
         fields: The Well field names to use, in this order (default: all, t0 then t1 then t2, in stored order).
             Time-varying fields become evolving channels, the others static fields.
         split_files: Explicit files per split, {"train": [...], "val": [...], "test": [...]} (paths relative to
             `path` or absolute), e.g. to use a subset of a large dataset; `path` then locates stats.yaml.
         max_open_files: Files kept open per process (a split of a large dataset may have hundreds).
+        auto_split: When only training data is given (a single file, or a folder without valid/ and test/) and no
+            `split_files`, hold out validation and test trajectories as The Well does (see `_auto_split`) instead
+            of leaving a source that no run can validate or evaluate on. `info.provenance["splits_rule"]` says
+            which rule made the splits.
     """
 
     def __init__(
@@ -423,6 +457,7 @@ class WellSource(TrajectorySource):
         fields: list[str] | None = None,
         split_files: dict[str, Any] | None = None,
         max_open_files: int = 32,
+        auto_split: bool = True,
     ):
         self.path = Path(path)
         per_split, root = _discover(self.path, split_files)
@@ -452,6 +487,16 @@ class WellSource(TrajectorySource):
         for split, files in per_split:  # self.files is these lists concatenated, in this order
             stop = start + sum(counts[k : k + len(files)])
             splits[split], start, k = (start, stop), stop, k + len(files)
+        # Trajectory index -> (file, index in it), when an automatic split reorders them; None: stored order.
+        self._order: np.ndarray | None = None
+        rule = "given" if split_files is not None else "The Well's data/train, data/valid and data/test folders"
+        only_train = splits["train"][1] > splits["train"][0] and all(splits[s][1] == splits[s][0] for s in SPLITS[1:])
+        if auto_split and split_files is None and only_train:
+            made = _auto_split(counts)
+            if made is not None:
+                self._order, splits, rule = made
+            else:
+                rule = "all train: too few trajectories to hold any out (3 in a file, or 3 files, are needed)"
         self.stats_path = root / "stats.yaml"
         stats = _load_stats(self.stats_path)
         times = first.times
@@ -479,6 +524,7 @@ class WellSource(TrajectorySource):
                 "root": str(root),
                 "files": [str(f) for f in self.files],
                 "trajectories_per_file": counts,
+                "splits_rule": rule,
                 "stats": str(self.stats_path) if stats is not None else None,
                 "well_channel_names": [n for f in self._evolving for n in f.well_names()],
                 "well_static_names": [n for f in self._static for n in f.well_names()],
@@ -510,7 +556,7 @@ class WellSource(TrajectorySource):
         if meta.dataset_name != first.dataset_name:
             raise DataError(f"{where}: dataset_name {meta.dataset_name!r} != {first.dataset_name!r}")
         if meta.grid != first.grid:
-            raise DataError(f"{where}: grid {meta.grid} != {first.grid}")
+            raise DataError(f"{where}: grid {meta.grid} != {first.grid}{swapped_axes_hint(meta.grid, first.grid)}")
         if [f.signature for f in meta.fields] != [f.signature for f in first.fields]:
             raise DataError(
                 f"{where}: fields {[f.key for f in meta.fields]} differ from {[f.key for f in first.fields]}"
@@ -542,6 +588,9 @@ class WellSource(TrajectorySource):
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < self.shape[0]:
             raise IndexError(f"{self.info.name}: trajectory {index} outside [0, {self.shape[0]})")
+        if self._order is not None:
+            k, local = self._order[index]
+            return int(k), int(local)
         k = int(np.searchsorted(self._offsets, index, side="right")) - 1
         return k, int(index - self._offsets[k])
 
