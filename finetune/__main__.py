@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from foundation.cli import guarded
 from pretrain.build import setup_runtime
-from pretrain.loop import NonFiniteLoss, TrainState
+from pretrain.loop import PREEMPTED_EXIT, NonFiniteLoss, Preempted, TrainState
 
 from .config import parse_args
 from .trainer import Finetuner
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable[[TrainState
             print(json.dumps(result, indent=2, default=str))
         return 0
 
-    return guarded(body, exits={NonFiniteLoss: 3})  # bad input: one line, no traceback, exit 2
+    return guarded(body, exits={NonFiniteLoss: 3, Preempted: PREEMPTED_EXIT})  # bad input: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from foundation.cli import guarded
 
 from .build import setup_runtime
 from .config import parse_args
-from .loop import NonFiniteLoss, TrainState
+from .loop import PREEMPTED_EXIT, NonFiniteLoss, Preempted, TrainState
 from .trainer import Pretrainer
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callable[[TrainState
             print(json.dumps(result, indent=2))
         return 0
 
-    return guarded(body, exits={NonFiniteLoss: 3})  # bad input: one line, no traceback, exit 2
+    return guarded(body, exits={NonFiniteLoss: 3, Preempted: PREEMPTED_EXIT})  # bad input: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ pipeline shards itself (`RandomPairSampler` per rank), so the DataLoader is not 
 from __future__ import annotations
 
 import os
+import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +19,10 @@ import torch
 
 from foundation import ScOT, ScOTConfig
 from foundation.compat import skip_deepspeed_shm_comm
-from foundation.data import All2AllPairs, Mixture, RandomPairSampler, open_source
+from foundation.data import All2AllPairs, DataError, Mixture, RandomPairSampler, open_source
+from foundation.data.check import STATIC, Problem, places, refusal, scan
 from foundation.data.memory import keep_freed_memory
+from foundation.data.stats import RunningStats
 from foundation.evaluation import dataset_names
 
 from .config import DataArguments, ModelArguments, TrainArguments
@@ -62,14 +67,27 @@ def setup_runtime() -> None:
 
 def build_accelerator(train: TrainArguments, tag: str = "pretrain"):
     """The Accelerator, with the choices the launcher leaves to us made explicit and logged."""
+    from datetime import timedelta
+
+    import torch.distributed.distributed_c10d as c10d
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+    from .peers import start_peer_watch
+
     handlers = []
-    if not torch.cuda.is_available():
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # gloo is the CPU backend; accelerate would otherwise pick one DeepSpeed cannot use on the CPU.
-            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # --collective_timeout_s bounds every wait on a rank. The default group gets it through accelerate (which
+        # hands it to DeepSpeed's init_distributed too); groups made later (DeepSpeed's clone of the world, its
+        # data-parallel groups) take torch's module defaults instead, hence those are set as well. On the GPU,
+        # NCCL's watchdog (TORCH_NCCL_ASYNC_ERROR_HANDLING, on by default since torch 2.2: keep it unset or 3)
+        # aborts a process whose collective outlives the timeout; with the default 600 s that is NCCL's own
+        # behaviour, and --peer_timeout_s (30 s) names a dead or frozen peer long before.
+        timeout = timedelta(seconds=train.collective_timeout_s)
+        c10d.default_pg_timeout = c10d.default_pg_nccl_timeout = timeout
+        # gloo is the CPU backend; accelerate would otherwise pick one DeepSpeed cannot use on the CPU.
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        handlers.append(InitProcessGroupKwargs(backend=backend, timeout=timeout))
     log_with = None if train.tracker == "none" else train.tracker
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
@@ -107,6 +125,8 @@ def build_accelerator(train: TrainArguments, tag: str = "pretrain"):
             else "(fp32 everywhere)"
         )
     )
+    # Started once every rank has joined the process group; a lost rank then ends the run with a line naming it.
+    start_peer_watch(train.peer_timeout_s, accelerator.print)
     return accelerator
 
 
@@ -130,12 +150,34 @@ class TrainData:
         return dataset_names(self.sources)
 
 
-def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajectories: int | None = None) -> TrainData:
+def build_data(
+    data: DataArguments,
+    seed: int,
+    rank: int,
+    world: int,
+    max_trajectories: int | None = None,
+    eval_splits: Sequence[str] = (),
+) -> TrainData:
     """Sources -> all2all pairs -> one Mixture on the channel vocabulary; the train sampler of this rank.
 
-    `max_trajectories` keeps only the first N training trajectories of each source (sample-efficiency studies).
+    Unless `data.nonfinite` is "off", every snapshot in use and static field of the splits the run reads (train,
+    val and `eval_splits`) is checked for NaN/Inf first, before any model, optimizer or output file exists:
+    "refuse" raises a one-line `DataError` naming the file and the first bad place, "skip" drops the pairs that
+    read one (recorded in `data.nonfinite_skipped`). Every rank checks its sources itself: each reads them anyway,
+    the verdict is the same on every rank (same files), and no rank can wait at a barrier for one that failed.
+
+    Args:
+        data: The data options.
+        seed: Seed of the train sampler.
+        rank, world: This process's shard of the train sampler (rank 0 prints).
+        max_trajectories: Keep only the first N training trajectories of each source (sample-efficiency studies).
+        eval_splits: Further splits the run reads whole after training (fine-tuning's --eval_split).
     """
-    sources = [open_source(spec, fill_stats=True) for spec in data.datasets]
+    check = data.nonfinite != "off"
+    # Checked before the statistics are filled in: computed over the training split, they would read a bad
+    # snapshot first (and refuse it without naming the field or the opt-out, or, under skip, refuse what it drops).
+    sources = [open_source(spec, fill_stats=not check) for spec in data.datasets]
+    found = [_finite_check(s, data, rank, max_trajectories, eval_splits) if check else [] for s in sources]
     options = dict(stride=data.stride, max_snapshots=data.max_snapshots, include_identity=data.include_identity)
     # Steady problems have no trajectory to roll out: beside time-dependent ones they train on pairs only (the
     # Mixture masks their placeholder sequences); alone, All2AllPairs refuses the rollout.
@@ -155,6 +197,10 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
                 )
             part.trajectories = part.trajectories[:max_trajectories]
     val_parts = [All2AllPairs(s, "val", **options) for s in sources]
+    if data.nonfinite == "skip":
+        data.nonfinite_skipped = [
+            _skip(parts, problems, rank) for parts, problems in zip(zip(train_parts, val_parts), found)
+        ]
     vocabulary = list(data.channels) if data.channels else []
     if not vocabulary:
         for part in train_parts:
@@ -168,6 +214,107 @@ def build_data(data: DataArguments, seed: int, rank: int, world: int, max_trajec
     val_set = Mixture(val_parts, vocabulary, targets, input_mean=mean, input_std=std)
     sampler = RandomPairSampler(len(train_set), seed=seed, rank=rank, world_size=world)
     return TrainData(sources, train_set, val_set, sampler, vocabulary, targets, stats, list(data.datasets))
+
+
+NONFINITE_REMEDY = (
+    "repair the file (python -m foundation.data check lists every place), or rerun with --nonfinite skip "
+    "(drop the pairs that read them) or --nonfinite off (no check)"
+)
+
+
+def _finite_check(
+    source, data: DataArguments, rank: int, max_trajectories: int | None, eval_splits: Sequence[str]
+) -> list[Problem]:
+    """The NaN/Inf places in what the run reads of `source` (one pass, `foundation.data.check.scan`); refuses them
+    unless --nonfinite skip, and under skip refuses those of `eval_splits`, which the evaluation reads whole. With
+    the statistics missing, every stored snapshot of the split they are computed over is read as well."""
+    stored = list(range(0, source.num_snapshots, data.stride))[: data.max_snapshots]
+    missing = source.info.mean is None or (bool(source.info.static_names) and source.info.static_mean is None)
+    trajectories = {"train": list(source.split("train"))[:max_trajectories], "val": list(source.split("val"))}
+    for name in eval_splits:  # read whole, beside a training subset of the same split
+        trajectories[name] = sorted({*trajectories.get(name, []), *source.split(name)})
+    start = time.perf_counter()
+    problems = scan(
+        source,
+        trajectories,
+        progress=rank == 0 and sys.stderr.isatty(),
+        snapshots=None if missing else stored,
+    )
+    name = source.info.name
+    if problems and data.nonfinite == "refuse":
+        raise DataError(refusal(source, problems, NONFINITE_REMEDY))
+    evaluated = {t for split in eval_splits for t in source.split(split)}
+    late = [p for p in problems if p.trajectory in evaluated]
+    if late:
+        raise DataError(
+            refusal(
+                source,
+                late,
+                f"--nonfinite skip cannot drop them: the evaluation after training reads all of --eval_split "
+                f"{', '.join(eval_splits)}; repair the file or evaluate on another split",
+            )
+        )
+    bad = set(places(problems))
+    if missing:
+        _fill_statistics(source, bad)
+    if rank == 0 and not problems:
+        statics = " + static fields" if source.info.static_names else ""
+        splits = ", ".join(trajectories)
+        print(
+            f"[data] check: {name}: {len({t for ts in trajectories.values() for t in ts})} trajectories ({splits}) x "
+            f"{source.num_snapshots if missing else len(stored)} snapshots{statics}, no NaN/Inf "
+            f"({time.perf_counter() - start:.2f} s; --nonfinite off skips this pass)"
+        )
+    return problems
+
+
+def _fill_statistics(source, bad: set[tuple[int, int | str]]) -> None:
+    """Missing statistics over the training split, as `open_source(fill_stats=True)` computes them, without the
+    `bad` places (trajectory, snapshot or "static") that --nonfinite skip drops."""
+    info = source.info
+    state = RunningStats(source.shape[2])
+    static = RunningStats(len(info.static_names)) if info.static_names else None
+    for index in source.split("train"):
+        for snapshot in range(source.num_snapshots):
+            if (index, snapshot) not in bad:
+                state.update(source.read(index, snapshot)[None])
+        if static is not None and (index, STATIC) not in bad:
+            static.update(source.read_static(index)[None])
+    if info.mean is None or info.std is None:
+        info.mean, info.std = state.result()
+    if static is not None and (info.static_mean is None or info.static_std is None):
+        info.static_mean, info.static_std = static.result()
+    info.provenance = {**info.provenance, "stats": "computed over the training split by foundation.data"}
+
+
+def _skip(parts: tuple[All2AllPairs, All2AllPairs], problems: list[Problem], rank: int) -> dict:
+    """--nonfinite skip: drop the pairs of the (train, val) parts of one source that read a bad place; one line
+    (rank 0) and the counts for run_args.json."""
+    train, val = parts
+    name, bad = train.source.info.name, list(places(problems))
+    train_total, val_total, val_trajectories = len(train), len(val), len(val.trajectories)
+    record = {
+        "source": name,
+        "bad_snapshots": sum(1 for _, s in bad if s != STATIC),
+        "bad_static": sum(1 for _, s in bad if s == STATIC),
+        "train_pairs": train_total,
+        "train_pairs_dropped": train.exclude(bad),
+        "val_pairs": val_total,
+        # validation drops the trajectory: its rollouts read every snapshot of one (All2AllPairs.exclude)
+        "val_pairs_dropped": val.exclude(bad, whole_trajectories=True),
+        "val_trajectories_dropped": val_trajectories - len(val.trajectories),
+    }
+    for part, split in ((train, "train"), (val, "val")):
+        if len(part) == 0:
+            raise DataError(f"{name}: --nonfinite skip: every {split} pair reads NaN/Inf; nothing is left to {split}")
+    if rank == 0 and bad:
+        print(
+            f"[data] --nonfinite skip: {name}: {record['bad_snapshots']} bad snapshot(s), {record['bad_static']} bad "
+            f"static field(s): dropped {record['train_pairs_dropped']} of {train_total} train pairs, "
+            f"{record['val_pairs_dropped']} of {val_total} val pairs ({record['val_trajectories_dropped']} "
+            "trajectories)"
+        )
+    return record
 
 
 def channel_statistics(sources, vocabulary: list[str]) -> dict[str, tuple[float, float]]:

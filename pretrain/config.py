@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,7 @@ Precision = Literal["fp32", "bf16"]
 Tracker = Literal["tensorboard", "wandb", "none"]
 RolloutMode = Literal["pushforward", "unrolled"]  # foundation.losses.ROLLOUT_MODES
 Resampling = Literal["fourier", "none"]  # ScOTConfig.input_resampling
+NonFinite = Literal["refuse", "skip", "off"]  # what build_data does with NaN/Inf in the data a run reads
 PRECISIONS, TRACKERS, RESAMPLINGS = get_args(Precision), get_args(Tracker), get_args(Resampling)
 
 
@@ -138,10 +140,23 @@ class DataArguments:
             "model learns to continue from its own predictions of every lead; rollout_lead_steps is then unused."
         },
     )
+    nonfinite: NonFinite = field(
+        default="refuse",
+        metadata={
+            "help": "NaN/Inf in the data the run reads (the snapshots in use and static fields of the train and val "
+            "splits, and fine-tuning's --eval_split), found by one pass before training: refuse (exit 2, naming the "
+            "first bad place), skip (drop every pair and rollout sequence that reads one; validation drops the "
+            "trajectory) or off (no pass; a bad snapshot the sampler reaches stops the run then)."
+        },
+    )
+    # Filled in by the run (pretrain.build.build_data), not a flag: what --nonfinite skip dropped, per source, so
+    # that run_args.json records it.
+    nonfinite_skipped: list[dict] | None = field(default=None, init=False)
 
     def __post_init__(self):
         check_range(self, "weights", "num_workers", "lead_steps", "rollout_steps", "rollout_lead_steps")
         check_range(self, "stride", "max_snapshots", "eval_pairs", low=1)
+        check_choices(self)
 
 
 @dataclass
@@ -166,6 +181,30 @@ class TrainArguments:
     tracker: Tracker = field(default="tensorboard", metadata={"help": "tensorboard, wandb or none."})
     resume: bool = field(default=True, metadata={"help": "Continue from the last checkpoint in output_dir."})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "Stop after this many non-finite losses in a row."})
+    preemption_signals: list[str] = field(
+        default_factory=lambda: ["SIGTERM", "SIGUSR1"],
+        metadata={
+            "help": "Signals that preempt the run (SLURM's, before it kills a job): every rank finishes its step, "
+            "a checkpoint is written at the next synchronised step (at most --max_nonfinite_steps later) and the "
+            "run exits with code 75; rerun the same command to resume. 'none': keep the signals' default action."
+        },
+    )
+    peer_timeout_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "Multi-process runs: a rank whose heartbeat (a thread, ~1 s) stops for this long is lost, and "
+            "every other rank exits with one line naming it (a rank that dies mid-collective is named within a few "
+            "seconds); the last complete checkpoint is intact, rerun the same command to resume (0: off)."
+        },
+    )
+    collective_timeout_s: float = field(
+        default=600.0,
+        metadata={
+            "help": "Multi-process runs: a collective (every process group, DeepSpeed's too) that waits longer than "
+            "this for a rank fails the run. Longer than the slowest step, evaluation or checkpoint; the default is "
+            "NCCL's and DeepSpeed's own (torch's gloo default is 1800)."
+        },
+    )
     peak_tflops: float | None = field(
         default=None, metadata={"help": "Datasheet peak TFLOP/s per device for the MFU (default: measured)."}
     )
@@ -203,6 +242,12 @@ class TrainArguments:
         # keep_last 0 would keep every checkpoint (a [:-0] slice), log_every 0 divides by zero
         check_range(self, "batch_size", "gradient_accumulation_steps", "log_every", "keep_last", low=1)
         check_range(self, "max_nonfinite_steps", low=1)
+        check_range(self, "peer_timeout_s")
+        check_positive(self, "collective_timeout_s")
+        self.preemption_signals = [] if self.preemption_signals in (["none"], []) else list(self.preemption_signals)
+        unknown = [name for name in self.preemption_signals if not hasattr(signal, name)]
+        if unknown:
+            raise OptionError("preemption_signals", f"unknown signal(s) {unknown}; e.g. SIGTERM SIGUSR1, or none")
         check_range(self, "rollout_weight", high=1)
         check_range(self, "rollout_noise", "rollout_curriculum_steps")
         check_choices(self)
@@ -311,7 +356,7 @@ def parse_dataclasses(
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
         if unknown:
-            known = [f"--{f.name}" for cls in classes for f in fields(cls)]
+            known = [f"--{f.name}" for cls in classes for f in fields(cls) if f.init]  # init=False: not a flag
             hints = []
             for flag in (u.split("=")[0] for u in unknown if u.startswith("--")):
                 close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)

@@ -12,6 +12,10 @@ the loss, the non-finite flag and the skip decision stay on the device. A step w
 rank is skipped by every rank inside the fused AdamW (`foundation.compat.skip_optimizer_step`), and the streak of
 such steps is read at those cadence steps (every `max_nonfinite_steps` steps at least).
 
+Preemption (`Preemption`): a signal of `--preemption_signals` (SLURM's SIGTERM or `--signal`) sets a flag that the
+ranks all-reduce at those same cadence steps, so every rank stops at one step, after its checkpoint; the entry
+points then exit with `PREEMPTED_EXIT` and the same command resumes exactly.
+
 Checkpoints are the full training state (model, optimizer and scheduler through `accelerator.save_state`, sharded
 by DeepSpeed when it runs; sampler position; step), written into a hidden folder and renamed into place once every
 rank has finished, the last `keep_last` kept. A resumed run continues the uninterrupted run's loss curve exactly.
@@ -20,9 +24,9 @@ rank has finished, the last `keep_last` kept. A resumed run continues the uninte
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +37,52 @@ import torch
 
 from foundation.compat import skip_optimizer_step
 
+from .checkpoint import Checkpointer
 from .config import TrainArguments
 
 
 class NonFiniteLoss(RuntimeError):
     """Too many non-finite losses in a row; the last good checkpoint is intact."""
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the run stopped for a preemption signal after a checkpoint; rerun it to resume
+
+
+class Preempted(Exception):
+    """A preemption signal arrived: every rank finished its step and the run checkpointed; rerun it to resume."""
+
+
+class Preemption:
+    """Preemption signals (SLURM sends SIGTERM, or the signal of `--signal`, before it kills a job) turned into a
+    request the loop honours at its next synchronised step, instead of the default action (death, and every step
+    since the last periodic checkpoint lost).
+
+    The handler only sets a flag: a signal may arrive in the middle of a step or of a collective, and the ranks
+    may receive it at different steps, so the loop all-reduces the flag where it already syncs (every
+    `max_nonfinite_steps` steps at least) and all ranks stop at the same step. The previous handlers come back
+    on `restore` (in-process runs, tests).
+    """
+
+    def __init__(self, names: Sequence[str]):
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():  # signal.signal works in the main thread only
+            return
+        for name in names:
+            number = getattr(signal, name)
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame) -> None:
+        self.received = self.received or signal.Signals(number).name
+
+    def requested(self, device) -> torch.Tensor:
+        """This rank's request as a device scalar (1.0 if a signal arrived), for the all-reduce."""
+        return torch.full((), float(self.received is not None), device=device)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
 
 @dataclass
@@ -88,67 +133,6 @@ class TrainParts:
     tag: str = "pretrain"
     run_args: dict = field(default_factory=dict)
     objective: Callable[[torch.nn.Module, dict, int], torch.Tensor] | None = None
-
-
-# ----------------------------------------------------------------------------------------------- checkpoints
-class Checkpointer:
-    """Full training states in `folder/step-NNNNNNN`, written atomically; the last `keep_last` are kept."""
-
-    def __init__(self, accelerator, folder: Path, keep_last: int, sampler):
-        self.accelerator, self.folder, self.keep_last, self.sampler = accelerator, Path(folder), keep_last, sampler
-
-    def complete(self) -> list[Path]:
-        """Finished checkpoints, oldest first (a folder is finished once it holds trainer_state.json)."""
-        if not self.folder.exists():
-            return []
-        done = [p for p in self.folder.glob("step-*") if (p / "trainer_state.json").exists()]
-        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-    def save(self, state: TrainState) -> Path:
-        acc = self.accelerator
-        final = self.folder / f"step-{state.step:07d}"
-        partial = self.folder / f".partial-step-{state.step:07d}"
-        if acc.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(partial))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            saved = {
-                "step": state.step,
-                "epoch": state.epoch,
-                "consumed": state.consumed,
-                "nonfinite": state.nonfinite,
-                "world_size": acc.num_processes,
-                "sampler": self.sampler.state_dict(consumed=state.consumed),
-            }
-            (partial / "trainer_state.json").write_text(json.dumps(saved, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)  # readers see the previous checkpoints or this complete one
-            for old in self.complete()[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
-
-    def resume(self, state: TrainState, dataset) -> Path | None:
-        """Load the last finished checkpoint into the run and `state`; None when there is none."""
-        done = self.complete()
-        if not done:
-            return None
-        last = done[-1]
-        saved = json.loads((last / "trainer_state.json").read_text())
-        if saved["world_size"] != self.accelerator.num_processes:
-            raise ValueError(
-                f"{last}: saved by {saved['world_size']} processes, resumed with "
-                f"{self.accelerator.num_processes}; resume with the same world size"
-            )
-        self.accelerator.load_state(str(last))
-        state.step, state.epoch, state.consumed = saved["step"], saved["epoch"], saved["consumed"]
-        state.nonfinite = saved["nonfinite"]
-        self.sampler.load_state_dict({**saved["sampler"], "epoch": state.epoch, "position": state.consumed})
-        dataset.set_epoch(state.epoch)
-        return last
 
 
 # ----------------------------------------------------------------------------------------------- one step
@@ -242,8 +226,39 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
     parts.model.train()
     batches = _micro_batches(parts, state, args.batch_size)
     bar = _progress_bar(parts, args, state.step)
-    streak = torch.full((), float(state.nonfinite), device=acc.device)  # non-finite steps in a row, on device
     clock = _Throughput(state.step, args.batch_size * args.gradient_accumulation_steps)
+    preemption = Preemption(args.preemption_signals)
+    try:
+        _steps(parts, args, state, logs, checkpointer, preemption, batches, bar, clock, callbacks)
+    finally:  # the error line of a stopped run starts on a line of its own, after the bar's
+        preemption.restore()
+        bar.close()
+    logs.losses.flush()
+    result = {"step": state.step, **parts.finish(state)}
+    logs.close(state.step, result.get("metrics", {}))
+    result.update(performance(parts, clock.throughput))
+    if acc.is_main_process:
+        (parts.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _steps(
+    parts: TrainParts,
+    args: TrainArguments,
+    state: TrainState,
+    logs: _RunLogs,
+    checkpointer: Checkpointer,
+    preemption: Preemption,
+    batches: Iterator[dict],
+    bar,
+    clock: _Throughput,
+    callbacks: Sequence[Callable[[TrainState], None]],
+) -> None:
+    """The optimizer steps up to `args.max_steps`: train step, then the cadence (log, validate, save) and the
+    host syncs it needs; raises `NonFiniteLoss` on a streak of non-finite steps, `Preempted` after the checkpoint
+    a preemption signal asked for."""
+    acc = parts.accelerator
+    streak = torch.full((), float(state.nonfinite), device=acc.device)  # non-finite steps in a row, on device
     while state.step < args.max_steps:
         micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]
         loss, skipped = train_step(parts, micro, args.max_grad_norm, state.step)
@@ -257,8 +272,12 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
         log = state.step % args.log_every == 0 or last
         evaluate = bool(args.eval_every) and state.step % args.eval_every == 0 and not last
         save = (bool(args.save_every) and state.step % args.save_every == 0) or last
+        stop = False
         if log or evaluate or save or state.step % args.max_nonfinite_steps == 0:
-            state.nonfinite = int(streak.item())  # the host sync of this step
+            requests = acc.reduce(preemption.requested(acc.device), "sum")  # every rank takes part: same steps
+            nonfinite, requests = torch.stack([streak, requests]).tolist()  # the host sync of this step
+            state.nonfinite, stop = int(nonfinite), requests > 0 and not last  # at the last step: finish normally
+            save = save or stop
             if state.nonfinite >= args.max_nonfinite_steps:
                 logs.losses.flush()
                 raise NonFiniteLoss(
@@ -274,14 +293,12 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
             checkpointer.save(state)
         for callback in callbacks:
             callback(state)
-    bar.close()
-    logs.losses.flush()
-    result = {"step": state.step, **parts.finish(state)}
-    logs.close(state.step, result.get("metrics", {}))
-    result.update(performance(parts, clock.throughput))
-    if acc.is_main_process:
-        (parts.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    return result
+        if stop:
+            saved = "checkpoint written" if state.nonfinite == 0 else "no checkpoint (non-finite step), the last stands"
+            raise Preempted(
+                f"preempted ({preemption.received or 'signal on another rank'}) at step {state.step}: {saved} in "
+                f"{checkpointer.folder}; rerun the same command to resume"
+            )
 
 
 def _progress_bar(parts: TrainParts, args: TrainArguments, step: int):

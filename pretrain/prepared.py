@@ -10,8 +10,10 @@ time scale), consolidated from ZeRO-3 shards when needed, with `training_data.js
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
+import signal
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +32,12 @@ from .config import DataArguments, ModelArguments, TrainArguments
 from .flops import module_train_flops, peak_flops, train_flops_per_sample
 from .loop import TrainParts, TrainState
 from .objectives import RolloutObjective, trained_leads
+
+
+def ignore_signals(names: list[str], worker_id: int = 0) -> None:
+    """DataLoader worker start-up: the preemption signals are the main process's to handle."""
+    for name in names:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def cosine_with_warmup(optimizer, warmup: int, total: int, min_ratio: float):
@@ -106,6 +114,9 @@ class PreparedRun:
             num_workers=data_args.num_workers,
             drop_last=True,
             persistent_workers=data_args.num_workers > 0,
+            # SLURM signals every process of a task: a worker killed by the preemption signal would end the run
+            # before the main process writes its checkpoint; the workers end with the main process instead.
+            worker_init_fn=functools.partial(ignore_signals, train_args.preemption_signals),
         )
         if len(self.loader) == 0:  # every batch would be dropped: the loop would wait for one forever
             raise ValueError(

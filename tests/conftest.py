@@ -153,3 +153,40 @@ def pytest_collection_modifyitems(config, items):
     items.sort(
         key=lambda item: 0 if item.get_closest_marker("xdist_group") else 1 if item.get_closest_marker("slow") else 2
     )
+
+
+# ----------------------------------------------------------------------------------------------- fault tests
+ZERO2_LAUNCHER = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+ZERO2_LAUNCHER.append(str(REPO_ROOT / "launch" / "accelerate" / "cpu-2proc-zero2.yaml"))
+LAUNCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT)}
+
+
+def zero2_pretrain(corpus: list[Path], out: Path, *extra: str) -> list[str]:
+    """The 2-process ZeRO-2 pretraining command of the fault tests (tiny, 16 steps on `corpus`). `extra` may set
+    only what leaves the losses as they are (cadences, checkpoints kept, timeouts), so that every faulted run is
+    compared with the one uninterrupted run of `zero2_reference`."""
+    args = ["--preset", "tiny", "--datasets", *map(str, corpus), "--channels", "rho", "u", "v", "p"]
+    args += ["--output_dir", str(out), "--batch_size", "4", "--max_steps", "16", "--eval_every", "0"]
+    args += ["--eval_pairs", "8", "--warmup_steps", "2", "--learning_rate", "1e-2", "--tracker", "none", *extra]
+    return [*ZERO2_LAUNCHER, "-m", "pretrain", *args]
+
+
+def run_launch(command: list[str]) -> subprocess.CompletedProcess:
+    """A launch that must succeed (its output's tail in the failure message)."""
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, env=LAUNCH_ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def zero2_reference(tmp_path_factory) -> tuple[list[Path], Path]:
+    """(corpus, run folder) of one uninterrupted `zero2_pretrain` run, checkpoints at steps 12, 15 and 16 kept:
+    the reference of the preemption, dead-rank and corrupt-shard tests (one launch instead of one per test)."""
+    from foundation.pdes import generate
+
+    folder = tmp_path_factory.mktemp("zero2-reference")
+    ns = generate("ns-sines", 6, 16, folder / "ns.h5", snapshots=4, seed=0, batch=6, progress=False)
+    ce = generate("ce-rp", 6, 16, folder / "ce.h5", snapshots=4, seed=1, batch=6, progress=False)
+    out = folder / "straight"
+    run_launch(zero2_pretrain([ns, ce], out, "--save_every", "3", "--keep_last", "3"))
+    return [ns, ce], out

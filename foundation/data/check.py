@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,18 @@ class Problem:
     error: str | None = None
 
 
-def plan(source: TrajectorySource, splits: list[str] | None = None) -> list[tuple[int, str | None]]:
+Splits = Sequence[str] | Mapping[str, Sequence[int]] | None  # split names, or the trajectories read per split
+
+
+def plan(source: TrajectorySource, splits: Splits = None) -> list[tuple[int, str | None]]:
     """(trajectory, split) pairs in index order (sequential reads): every trajectory of the chosen splits, or,
-    with `splits=None`, every trajectory of the source, those outside every split with split None."""
+    with `splits=None`, every trajectory of the source, those outside every split with split None. A mapping
+    {split: trajectory indices} names the trajectories of each split to read (a run that uses only some)."""
     if splits is None:
         ranges = {name: range(*bounds) for name, bounds in source.info.splits.items()}
         labels: dict[int, str | None] = dict.fromkeys(range(source.num_trajectories))
+    elif isinstance(splits, Mapping):
+        ranges, labels = {name: list(indices) for name, indices in splits.items()}, {}
     else:
         ranges = {name: source.split(name) for name in splits}  # an unknown or empty split is a DataError
         labels = {}
@@ -70,19 +77,27 @@ def plan(source: TrajectorySource, splits: list[str] | None = None) -> list[tupl
     return sorted(labels.items())
 
 
-def scan(source: TrajectorySource, splits: list[str] | None = None, progress: bool = True) -> list[Problem]:
+def scan(
+    source: TrajectorySource, splits: Splits = None, progress: bool = True, snapshots: Sequence[int] | None = None
+) -> list[Problem]:
     """Every NaN/Inf place in the chosen splits (all trajectories when None), in trajectory order.
 
     One read per snapshot and one per trajectory's static fields; per-channel counts are computed only for the
     rare snapshot that is not all finite. A snapshot that cannot be read at all is reported with its error and the
     scan goes on.
+
+    Args:
+        source: The trajectories.
+        splits: Split names, or {split: trajectory indices} (`plan`); None: every trajectory.
+        progress: A progress bar on stderr.
+        snapshots: Only these snapshot indices (a training run's stride and limit); None: every stored one.
     """
     todo = plan(source, splits)
     channels, statics = source.info.channel_names, source.info.static_names
-    snapshots = source.num_snapshots
+    read = list(range(source.num_snapshots) if snapshots is None else snapshots)
     problems: list[Problem] = []
     bar = tqdm(
-        total=len(todo) * (snapshots + bool(statics)),
+        total=len(todo) * (len(read) + bool(statics)),
         desc=f"check {Path(source.info.name).name}",
         unit="snap",
         file=sys.stderr,
@@ -90,7 +105,7 @@ def scan(source: TrajectorySource, splits: list[str] | None = None, progress: bo
     )
     with bar:
         for index, split in todo:
-            places = [(s, channels) for s in range(snapshots)] + ([(STATIC, statics)] if statics else [])
+            places = [(s, channels) for s in read] + ([(STATIC, statics)] if statics else [])
             for snapshot, names in places:
                 try:
                     if snapshot == STATIC:
@@ -180,6 +195,40 @@ def report(source: TrajectorySource, problems: list[Problem], splits: list[str] 
         "ok": not problems,
         "problems": [asdict(p) for p in problems],
     }
+
+
+def places(problems: list[Problem]) -> dict[tuple[int, int | str], list[Problem]]:
+    """The problems grouped by bad place (trajectory, snapshot or "static"), in scan order."""
+    out: dict[tuple[int, int | str], list[Problem]] = {}
+    for p in problems:
+        out.setdefault((p.trajectory, p.snapshot), []).append(p)
+    return out
+
+
+def where(found: list[Problem]) -> str:
+    """One bad place in words: `split train, trajectory 1, snapshot 2, field u (1 Inf)`, from its problems."""
+    first = found[0]
+    snapshot = "static fields" if first.snapshot == STATIC else f"snapshot {first.snapshot}"
+    head = f"split {first.split or NO_SPLIT}, trajectory {first.trajectory}, {snapshot}"
+    if first.error is not None:
+        return f"{head} cannot be read ({first.error})"
+    counts = []
+    for p in found:
+        values = ", ".join(f"{n} {kind}" for n, kind in ((p.nan, "NaN"), (p.inf, "Inf")) if n)
+        counts.append(f"{p.channel} ({values})")
+    return f"{head}, field{'s' if len(counts) > 1 else ''} {', '.join(counts)}"
+
+
+def refusal(source: TrajectorySource, problems: list[Problem], remedy: str) -> str:
+    """The one-line refusal of a run's data: the file, the first bad place, how many more there are (per split),
+    and `remedy` (what the user can do)."""
+    grouped = places(problems)
+    first, *rest = grouped.values()
+    more = ""
+    if rest:
+        per_split = Counter(found[0].split or NO_SPLIT for found in rest)
+        more = f", and {_plural(len(rest), 'more bad place')} ({', '.join(f'{s} {n}' for s, n in per_split.items())})"
+    return f"{source.info.name}: NaN/Inf in {where(first)}{more}; {remedy}"
 
 
 def write_report(path: str | os.PathLike, report: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ The index is never materialised: pair k is trajectory k // P and the k % P-th (i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +99,8 @@ class All2AllPairs(Dataset):
         self._model_times = times / info.time_scale
         self.rollout_time = self._rollout_time(times) if self.rollout_steps else None
         self.normalize, self.check_finite = normalize, check_finite
+        self.dropped, self._kept_before = 0, np.zeros(0, dtype=np.int64)  # pairs left out by `exclude`
+        self._excluded = False
         channels, statics = len(info.channel_names), len(info.static_names)
         mean, std, static_mean, static_std = self._statistics(stats)
         if normalize and (mean is None or std is None):
@@ -179,15 +181,64 @@ class All2AllPairs(Dataset):
         return len(self.pattern)
 
     def __len__(self) -> int:
-        return len(self.trajectories) * len(self.pattern)
+        return len(self.trajectories) * len(self.pattern) - self.dropped
 
     def locate(self, index: int) -> tuple[int, int, int, float]:
         """(trajectory, snapshot i, snapshot j, lead time) of pair `index`."""
         if not 0 <= index < len(self):
             raise IndexError(f"pair {index} outside [0, {len(self)})")
+        if self.dropped:  # the index of the kept pairs: skip the dropped ones before it (O(log dropped))
+            index += int(np.searchsorted(self._kept_before, index, side="right"))
         slot, p = divmod(index, len(self.pattern))
         a, b = self.pattern[p]
         return self.trajectories[slot], self.snapshots[a], self.snapshots[b], float(self.lead_times[p])
+
+    def exclude(self, bad: Iterable[tuple[int, int | str]], whole_trajectories: bool = False) -> int:
+        """Drop every pair that reads a bad place (its rollout sequence included); returns how many were dropped.
+
+        Call it once, after any change to `trajectories`. The index stays lazy: only the dropped pairs are stored
+        (a sorted array), and pair k of the rest is found by a binary search over them.
+
+        Args:
+            bad: (trajectory, snapshot) places holding NaN/Inf (or unreadable), snapshot "static" for a trajectory's
+                static fields, which every pair of it reads. Other trajectories and snapshots not in use are ignored.
+            whole_trajectories: Drop every pair of a trajectory with a bad place in use instead. Validation needs
+                it: its rollouts (`foundation.evaluation.rollout`) read whole trajectories through the pair layout
+                (trajectory slot x pattern), which dropping single pairs would shift.
+        """
+        if self._excluded:  # the dropped pairs' indices refer to the trajectories as they were then
+            raise RuntimeError(f"{self.source.info.name}: pairs were excluded already")
+        self._excluded = True
+        position = {s: k for k, s in enumerate(self.snapshots)}
+        hit: dict[int, set[int | str]] = {}
+        for trajectory, snapshot in bad:
+            if snapshot == "static" or snapshot in position:
+                hit.setdefault(int(trajectory), set()).add("static" if snapshot == "static" else position[snapshot])
+        if whole_trajectories:
+            before = len(self)
+            self.trajectories = [t for t in self.trajectories if t not in hit]
+            return before - len(self)
+        count, dropped = len(self.pattern), []
+        for slot, trajectory in enumerate(self.trajectories):
+            places = hit.get(trajectory)
+            if not places:
+                continue
+            for p, (a, b) in enumerate(self.pattern.tolist()):
+                if "static" in places or not places.isdisjoint(self._positions_read(trajectory, a, b)):
+                    dropped.append(slot * count + p)
+        # _kept_before[m]: how many kept pairs precede the m-th dropped one (what `locate` searches)
+        self._kept_before = np.asarray(dropped, dtype=np.int64) - np.arange(len(dropped), dtype=np.int64)
+        self.dropped = len(dropped)
+        return self.dropped
+
+    def _positions_read(self, trajectory: int, a: int, b: int) -> set[int]:
+        """Positions (in the snapshots in use) that pair (a, b) of `trajectory` reads, its rollout's included."""
+        if self.source.info.steady:
+            return {b}  # the input is the static fields alone
+        read = {a, b}
+        if self.rollout_steps:
+            read.update(self._rollout_points(trajectory, a, b - a))
+        return read
 
     @staticmethod
     def _normalised(x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> np.ndarray:
