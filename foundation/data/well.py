@@ -401,6 +401,41 @@ def _field_stats(stats: dict[str, Any] | None, key: str, fields: list[_Field], p
     return out
 
 
+def _selected_fields(meta, fields: list[str] | None) -> list:
+    """The fields of `meta` to read: all of them, or those named, in the order named."""
+    available = list(meta.fields)
+    if fields is None:
+        return available
+    by_name = {f.name: f for f in available}
+    unknown = [name for name in fields if name not in by_name]
+    if unknown:
+        raise DataError(f"{meta.path}: no field {unknown}; the file has {[f.name for f in available]}")
+    return [by_name[name] for name in fields]
+
+
+def _splits(
+    per_split: list, counts: list[int], may_split: bool, split_files: dict[str, Any] | None
+) -> tuple[dict[str, tuple[int, int]], np.ndarray | None, str]:
+    """(trajectory ranges per split, the reordering of an automatic split or None, the rule that made them).
+
+    The files of each split follow each other in `per_split`'s order; a source of training data only is split
+    automatically (`_auto_split`) when `may_split`.
+    """
+    splits, start, k = {}, 0, 0
+    for split, files in per_split:  # the source's files are these lists concatenated, in this order
+        stop = start + sum(counts[k : k + len(files)])
+        splits[split], start, k = (start, stop), stop, k + len(files)
+    rule = "given" if split_files is not None else "The Well's data/train, data/valid and data/test folders"
+    only_train = splits["train"][1] > splits["train"][0] and all(splits[s][1] == splits[s][0] for s in SPLITS[1:])
+    if not (may_split and only_train):
+        return splits, None, rule
+    made = _auto_split(counts)
+    if made is None:
+        return splits, None, "all train: too few trajectories to hold any out (3 in a file, or 3 files, are needed)"
+    order, splits, rule = made
+    return splits, order, rule
+
+
 def _auto_split(counts: list[int]) -> tuple[np.ndarray, dict[str, tuple[int, int]], str] | None:
     """Train/val/test for training data only: (order, splits, rule), or None when nothing can be held out.
 
@@ -468,13 +503,7 @@ class WellSource(TrajectorySource):
         first = metas[0]
         for meta in metas[1:]:
             self._check_consistent(first, meta)
-        available = list(first.fields)
-        if fields is not None:
-            by_name = {f.name: f for f in available}
-            unknown = [name for name in fields if name not in by_name]
-            if unknown:
-                raise DataError(f"{first.path}: no field {unknown}; the file has {[f.name for f in available]}")
-            available = [by_name[name] for name in fields]
+        available = _selected_fields(first, fields)
         self._evolving = [f for f in available if f.time_varying]
         self._static = [f for f in available if not f.time_varying]
         if not self._evolving:
@@ -483,20 +512,8 @@ class WellSource(TrajectorySource):
 
         counts = [m.n_trajectories for m in metas]
         self._offsets = np.cumsum([0] + counts)
-        splits, start, k = {}, 0, 0
-        for split, files in per_split:  # self.files is these lists concatenated, in this order
-            stop = start + sum(counts[k : k + len(files)])
-            splits[split], start, k = (start, stop), stop, k + len(files)
-        # Trajectory index -> (file, index in it), when an automatic split reorders them; None: stored order.
-        self._order: np.ndarray | None = None
-        rule = "given" if split_files is not None else "The Well's data/train, data/valid and data/test folders"
-        only_train = splits["train"][1] > splits["train"][0] and all(splits[s][1] == splits[s][0] for s in SPLITS[1:])
-        if auto_split and split_files is None and only_train:
-            made = _auto_split(counts)
-            if made is not None:
-                self._order, splits, rule = made
-            else:
-                rule = "all train: too few trajectories to hold any out (3 in a file, or 3 files, are needed)"
+        # _order: trajectory index -> (file, index in it), when an automatic split reorders them; None: stored order.
+        splits, self._order, rule = _splits(per_split, counts, auto_split and split_files is None, split_files)
         self.stats_path = root / "stats.yaml"
         stats = _load_stats(self.stats_path)
         times = first.times
