@@ -10,6 +10,7 @@ e. --strategy fno without the [baselines] extra is one line saying what to insta
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -227,3 +228,23 @@ def test_fno_without_the_baselines_extra_is_one_line(base_dir, tmp_path):
     assert "Traceback" not in proc.stderr and len(errors) == 1
     assert "neuraloperator" in errors[0] and 'pip install -e ".[baselines]"' in errors[0]
     assert not (out / "model").exists()
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def test_a_single_well_file_and_a_folder_of_pdebench_seeds_pretrain_to_a_model(tmp_path, capsys):
+    """b. and c. as a user meets them: `python -m pretrain` on the download as it is ends in an exported model."""
+    from pretrain.__main__ import main
+
+    lone = tmp_path / "lone.hdf5"
+    write_well_file(lone, 10, seed=1)
+    folder = tmp_path / "ns_incom"
+    folder.mkdir()
+    for k in range(4):
+        write_ns(folder / f"ns_incom_inhom_2d_16-{k}.h5")
+    for spec, name in ((f"well:{lone}", "well"), (f"pdebench:{folder}", "pdebench")):
+        out = tmp_path / name
+        argv = ["--preset", "tiny", "--datasets", spec, "--output_dir", str(out), "--batch_size", "2"]
+        argv += ["--max_steps", "2", "--eval_pairs", "4", "--tracker", "none"]
+        assert main(argv) == 0, capsys.readouterr().err[-3000:]
+        assert (out / "model" / "model.safetensors").exists()
+        assert json.loads((out / "metrics.json").read_text())["step"] == 2  # validated on the held-out split
