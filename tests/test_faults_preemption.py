@@ -115,3 +115,33 @@ def test_sigterm_to_the_launcher_of_a_two_process_zero2_run(zero2_reference, tmp
     reference, resumed = _losses(straight), _losses(preempted)
     assert len(reference) == len(resumed) == 16
     assert max(abs(a - b) for a, b in zip(reference, resumed)) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_a_preempted_fine_tune_checkpoints_and_resumes_exactly(base_dir, tmp_path: Path, capsys, strategy):
+    """A real SIGTERM to this process in the middle of a fine-tuning run (sent from its step callback): exit 75
+    after the checkpoint of the next synchronised step; the rerun continues the uninterrupted losses exactly."""
+    from finetune.__main__ import main
+
+    spec = "pde:wave-gauss:n=12,resolution=16,snapshots=4,seed=5"
+
+    def argv(out: Path) -> list[str]:
+        args = ["--init_from", str(base_dir), "--datasets", spec, "--strategy", strategy, "--max_steps", "12"]
+        args += ["--batch_size", "4", "--output_dir", str(out), "--tracker", "none", "--eval_pairs", "8"]
+        return args + ["--save_every", "0", "--log_every", "4", "--eval_max_pairs", "8", "--eval_plots", "false"]
+
+    def preempt(state) -> None:
+        if state.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, like a signal from SLURM
+
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    assert main(argv(straight)) == 0
+    assert main(argv(preempted), callbacks=[preempt]) == PREEMPTED_EXIT
+    assert "preempted (SIGTERM) at step 4:" in capsys.readouterr().err  # the next step that syncs: log_every 4
+    assert _checkpoints(preempted) == ["step-0000004"] and not (preempted / "model").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    assert main(argv(preempted)) == 0
+    reference, resumed = _losses(straight), _losses(preempted)
+    assert len(reference) == len(resumed) == 12
+    assert max(abs(a - b) for a, b in zip(reference, resumed)) == 0.0
