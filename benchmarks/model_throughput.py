@@ -27,7 +27,9 @@ import sys
 import time
 
 
-def _worker(spec: dict) -> dict:
+def benchmark_model(spec: dict):
+    """(model, device) of a benchmark row: seeded, preset `spec["size"]` (tiny runs natively at any grid) in
+    `spec["dtype"]` on `spec["device"]` (with `spec["threads"]` CPU threads). Also used by gpu_check.py."""
     import torch
 
     from foundation import ScOT, ScOTConfig
@@ -38,7 +40,13 @@ def _worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
     overrides = {"input_resampling": "none"} if spec["size"] == "tiny" else {}
-    model = ScOT(ScOTConfig.from_preset(spec["size"], **overrides)).to(device=device, dtype=dtype)
+    return ScOT(ScOTConfig.from_preset(spec["size"], **overrides)).to(device=device, dtype=dtype), device
+
+
+def _worker(spec: dict) -> dict:
+    import torch
+
+    model, device = benchmark_model(spec)
     model.config._attn_implementation = "eager" if spec["attention"] == "naive" else "sdpa"
     res, batch = spec["resolution"], spec["batch"]
     x = torch.randn(batch, 4, res, res, device=device)
