@@ -182,11 +182,20 @@ def run_launch(command: list[str]) -> subprocess.CompletedProcess:
 def zero2_reference(tmp_path_factory) -> tuple[list[Path], Path]:
     """(corpus, run folder) of one uninterrupted `zero2_pretrain` run, checkpoints at steps 12, 15 and 16 kept:
     the reference of the preemption, dead-rank and corrupt-shard tests (one launch instead of one per test)."""
+    from filelock import FileLock
+
     from foundation.pdes import generate
 
-    folder = tmp_path_factory.mktemp("zero2-reference")
-    ns = generate("ns-sines", 6, 16, folder / "ns.h5", snapshots=4, seed=0, batch=6, progress=False)
-    ce = generate("ce-rp", 6, 16, folder / "ce.h5", snapshots=4, seed=1, batch=6, progress=False)
-    out = folder / "straight"
-    run_launch(zero2_pretrain([ns, ce], out, "--save_every", "3", "--keep_last", "3"))
-    return [ns, ce], out
+    # One run for the whole session, also when xdist puts the tests that use it on both workers (their
+    # session fixtures are per worker): the first makes it under a lock in the shared base folder.
+    base = tmp_path_factory.getbasetemp()  # under xdist: <session>/popen-gwN, so the session's folder is its parent
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "zero2-reference"
+    corpus, out = [folder / "ns.h5", folder / "ce.h5"], folder / "straight"
+    with FileLock(str(folder) + ".lock"):
+        if not (out / "result.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            generate("ns-sines", 6, 16, corpus[0], snapshots=4, seed=0, batch=6, progress=False)
+            generate("ce-rp", 6, 16, corpus[1], snapshots=4, seed=1, batch=6, progress=False)
+            run_launch(zero2_pretrain(corpus, out, "--save_every", "3", "--keep_last", "3"))
+    return corpus, out
