@@ -18,7 +18,6 @@ import torch
 
 from foundation import ScOT
 from foundation.compat import whole_weights_under_zero3
-from foundation.data.splits import require_splits
 from foundation.pdes.specs import resolve_specs
 from pretrain.build import TrainData, build_accelerator, build_data
 from pretrain.config import DataArguments, ModelArguments, TrainArguments
@@ -68,9 +67,6 @@ class Finetuner(RunView):
         self.finetune_args, self.args = finetune_args, train_args
         data_args = copy.deepcopy(data_args)
         data_args.datasets = resolve_specs(data_args.datasets, Path(train_args.output_dir).parent / "data")
-        # An empty split (a download without test files) is refused now, not by the evaluation after training.
-        eval_split = finetune_args.eval_split
-        require_splits(data_args.datasets, {"train", "val", eval_split}, {eval_split: "--eval_split"})
         self.accelerator = acc = build_accelerator(train_args, self.tag)
         set_seed(train_args.seed)  # identical initial weights on every rank
         data = build_data(  # the held-out evaluation after training reads eval_split: checked with the rest

@@ -22,6 +22,7 @@ from foundation.compat import skip_deepspeed_shm_comm
 from foundation.data import All2AllPairs, DataError, Mixture, RandomPairSampler, open_source
 from foundation.data.check import STATIC, Problem, places, refusal, scan
 from foundation.data.memory import keep_freed_memory
+from foundation.data.splits import require_splits
 from foundation.data.stats import RunningStats
 from foundation.evaluation import dataset_names
 
@@ -177,6 +178,9 @@ def build_data(
     # Checked before the statistics are filled in: computed over the training split, they would read a bad
     # snapshot first (and refuse it without naming the field or the opt-out, or, under skip, refuse what it drops).
     sources = [open_source(spec, fill_stats=not check) for spec in data.datasets]
+    # An empty split (a download without valid/ or test/ files) is refused now, naming the flag to pass, not by
+    # the validation or evaluation that would first read it.
+    require_splits(sources, {"train", "val", *eval_splits}, {split: "--eval_split" for split in eval_splits})
     found = [_finite_check(s, data, rank, max_trajectories, eval_splits) if check else [] for s in sources]
     options = dict(stride=data.stride, max_snapshots=data.max_snapshots, include_identity=data.include_identity)
     # Steady problems have no trajectory to roll out: beside time-dependent ones they train on pairs only (the
