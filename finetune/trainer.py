@@ -103,7 +103,7 @@ class Finetuner(RunView):
 
     # ------------------------------------------------------------------ the run
     def finish(self, state: TrainState) -> dict:
-        metrics = self.run.final_metrics()
+        metrics = self.run.selected_metrics(state.step)  # --select_best: the best weights restored first
         folder = self.strategy.export(self.run, metrics, state.step, self.run.model_args.init_from)
         return {"metrics": metrics, "model": str(folder)}
 

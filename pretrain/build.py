@@ -27,6 +27,7 @@ from foundation.data.stats import RunningStats
 from foundation.evaluation import dataset_names
 
 from .config import DataArguments, ModelArguments, TrainArguments
+from .selection import refuse_partitioned
 
 # ----------------------------------------------------------------------------------------------- process set-up
 REPO_ROOT = Path(__file__).resolve().parents[1]  # launch/ (accelerate and DeepSpeed configs) lives here
@@ -111,6 +112,7 @@ def build_accelerator(train: TrainArguments, tag: str = "pretrain"):
         ds.setdefault(
             "train_batch_size", train.batch_size * train.gradient_accumulation_steps * accelerator.num_processes
         )
+        refuse_partitioned(train.select_best, ds.get("zero_optimization", {}).get("stage"))
         if ds.get("zero_optimization", {}).get("stage") == 3:
             ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True  # export needs it
         if train.precision == "bf16":

@@ -178,6 +178,13 @@ class TrainArguments:
     eval_every: int = field(default=100, metadata={"help": "Steps between validations (0: only at the end)."})
     save_every: int = field(default=100, metadata={"help": "Steps between checkpoints (0: only at the end)."})
     keep_last: int = field(default=2, metadata={"help": "Checkpoints kept."})
+    select_best: bool = field(
+        default=False,
+        metadata={
+            "help": "Export the weights of the lowest validation error seen (every --eval_every steps and the last "
+            "step) instead of the last step's (Poseidon's rule for fine-tuning and scratch runs)."
+        },
+    )
     tracker: Tracker = field(default="tensorboard", metadata={"help": "tensorboard, wandb or none."})
     resume: bool = field(default=True, metadata={"help": "Continue from the last checkpoint in output_dir."})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "Stop after this many non-finite losses in a row."})
@@ -237,6 +244,10 @@ class TrainArguments:
         # commands that must train refuse it (`check_steps`).
         check_range(self, "max_steps", "learning_rate", "weight_decay", "warmup_steps", "max_grad_norm")
         check_range(self, "eval_every", "save_every")
+        if self.select_best and not self.eval_every:
+            raise OptionError(
+                "select_best", "needs validations during training: set --eval_every > 0 (0 validates only at the end)"
+            )
         check_positive(self, "peak_tflops")  # the MFU divides by it
         check_range(self, "min_lr_ratio", high=1)
         # keep_last 0 would keep every checkpoint (a [:-0] slice), log_every 0 divides by zero

@@ -115,6 +115,8 @@ class TrainParts:
         run_args: Written to run_args.json (the configuration of the run).
         objective: loss = objective(model, micro_batch, step) (0-based optimizer step) instead of
             `model(**micro_batch).loss`: rollout training (`pretrain.objectives.RolloutObjective`).
+        selection: With --select_best, the `pretrain.selection.BestWeights` that every validation during training
+            is shown to (it saves the best weights); `finish` asks it which weights to export.
     """
 
     accelerator: Any
@@ -133,6 +135,7 @@ class TrainParts:
     tag: str = "pretrain"
     run_args: dict = field(default_factory=dict)
     objective: Callable[[torch.nn.Module, dict, int], torch.Tensor] | None = None
+    selection: Any = None
 
 
 # ----------------------------------------------------------------------------------------------- one step
@@ -222,6 +225,8 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
     if resumed is not None:
         acc.print(f"[{parts.tag}] resumed from {resumed} (step {state.step})")
     logs = _RunLogs(parts, args, state.step if resumed is not None else None)
+    if parts.selection is not None:  # a resumed run's comparison continues from the saved best
+        parts.selection.start(state.step if resumed is not None else None)
 
     parts.model.train()
     batches = _micro_batches(parts, state, args.batch_size)
@@ -234,8 +239,12 @@ def run(parts: TrainParts, args: TrainArguments, callbacks: Sequence[Callable[[T
         preemption.restore()
         bar.close()
     logs.losses.flush()
-    result = {"step": state.step, **parts.finish(state)}
-    logs.close(state.step, result.get("metrics", {}))
+    finished = parts.finish(state)
+    selection = parts.selection
+    result = {"step": state.step, **(selection.record if selection is not None else {}), **finished}
+    # the curve ends with the last step's weights, also when the exported metrics are those of the best weights
+    last_metrics = selection.last_metrics if selection is not None else None
+    logs.close(state.step, last_metrics if last_metrics is not None else result.get("metrics", {}))
     result.update(performance(parts, clock.throughput))
     if acc.is_main_process:
         (parts.out / "result.json").write_text(json.dumps(result, indent=2, default=str))
@@ -287,7 +296,10 @@ def _steps(
         if log:
             logs.training(state, bar, clock)
         if evaluate:
-            logs.validation(state.step, parts.evaluate())
+            metrics = parts.evaluate()
+            logs.validation(state.step, metrics)
+            if parts.selection is not None:
+                parts.selection.observe(state.step, metrics)
         if save and state.nonfinite == 0:  # a skipped step never becomes the checkpoint a run resumes from
             logs.losses.flush()
             checkpointer.save(state)

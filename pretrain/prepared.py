@@ -32,6 +32,7 @@ from .config import DataArguments, ModelArguments, TrainArguments
 from .flops import module_train_flops, peak_flops, train_flops_per_sample
 from .loop import TrainParts, TrainState
 from .objectives import RolloutObjective, trained_leads
+from .selection import BestWeights
 
 
 def ignore_signals(names: list[str], worker_id: int = 0) -> None:
@@ -107,6 +108,8 @@ class PreparedRun:
         if model_args.compile:
             model = torch.compile(model)
         self.model, self.optimizer, self.scheduler = accelerator.prepare(model, self.base_optimizer, scheduler)
+        # --select_best: the lowest-validation weights, kept in output_dir/best (None: the last step's are exported)
+        self.selection = BestWeights(accelerator, self.model, self.out / "best") if train_args.select_best else None
         self.loader = DataLoader(
             data.train_set,
             batch_size=train_args.batch_size,
@@ -156,6 +159,7 @@ class PreparedRun:
             peak=self.peak,
             tag=self.tag,
             run_args=self.run_args,
+            selection=self.selection,
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -193,6 +197,15 @@ class PreparedRun:
         )
         self.model.train()
         return metrics
+
+    def selected_metrics(self, step: int) -> dict:
+        """`final_metrics` of the weights to export: the last step's (trained to `step`), or with --select_best
+        those of the lowest validation seen, loaded into the model first when they beat the last step's
+        (`pretrain.selection.BestWeights.select`; the metrics then lead with "selected_step" and "selected_by")."""
+        metrics = self.final_metrics()
+        if self.selection is None:
+            return metrics
+        return self.selection.select(metrics, step, self.final_metrics)
 
     # ------------------------------------------------------------------ export
     def export(

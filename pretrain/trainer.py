@@ -47,7 +47,7 @@ class Pretrainer(RunView):
         return self.run.evaluate(breakdown)
 
     def finish(self, state: TrainState) -> dict:
-        metrics = self.run.final_metrics()
+        metrics = self.run.selected_metrics(state.step)  # --select_best: the best weights restored first
         return {"metrics": metrics, "model": str(self.run.export(metrics, state.step))}
 
     def train(self, callbacks: Sequence[Callable[[TrainState], None]] = ()) -> dict:
