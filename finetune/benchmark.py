@@ -18,13 +18,20 @@ method it trains and evaluates, through the fine-tuning loop (`finetune.trainer`
 
 Fair by construction: one test split per task (generated once, shared by every N and method), nested training sets
 (the first N trajectories), one step budget and batch for every trained method, each method's learning rate chosen
-on the validation split from its own small grid (median over seeds), the seeds' median and spread reported on test.
-Every (task, method, N, seed, learning rate) is a run folder with `cell.json`; an interrupted benchmark resumes
-and skips finished cells (a cell cut short resumes from its checkpoint).
+on the validation split from its own small grid (median over seeds) at that budget, every trained cell exporting its
+lowest-validation weights. Converged, not assumed (a flat validation tail under a cosine decayed to ~0 proves
+nothing): every seed at the chosen rate is trained again at twice the budget (`--double_budget`), with its own
+schedule (warm-up and cosine over the doubled steps); the 2x-budget test error is what a row reports (the seeds'
+median and spread), next to the budget's (`test_at_budget`), their relative change `doubling_change` and
+`converged` (|change| < `--converged_tolerance`). Scratch and FNO warm up for --warmup_steps, fine-tuned cells for
+`--finetuned_warmup_steps` (0: Poseidon fine-tunes without), both times two at twice the budget.
+Every (task, method, N, seed, learning rate, steps) is a run folder with `cell.json`; an interrupted benchmark
+resumes and skips finished cells (a cell cut short resumes from its checkpoint).
 
 Writes benchmark.json, benchmark.md and benchmark.png into --output_dir: the median test error per task x N x
 method, and per task the accuracy gain (error ratio) and efficiency gain (trajectories a method needs for the
-fine-tuned error, from a power-law fit of its curve; flagged where the fit extrapolates) against scratch and FNO.
+fine-tuned error, from a power-law fit of its curve; flagged where the fit extrapolates) against scratch and FNO, on
+the 2x-budget errors.
 
 Its parts: `finetune.cells` (one cell, its folder and resume checks), `finetune.gains` (fits, gains, curves) and
 `finetune.report` (the files written); here the arguments, the loop over tasks, N and methods, and the entry point.
@@ -52,7 +59,7 @@ from pretrain.config import (
 
 from .cells import METHODS, TRAINED, RunArguments, cell
 from .config import FinetuneArguments, check
-from .gains import baseline_gains, levelled_off, median_curve
+from .gains import baseline_gains, median_curve
 from .report import table, write
 
 DEFAULT_METHODS = ("finetuned", "scratch", "fno", "persistence")
@@ -90,9 +97,28 @@ class BenchmarkArguments:
             "rate only (None: every seed at every rate)."
         },
     )
+    double_budget: bool = field(
+        default=True,
+        metadata={
+            "help": "Train every seed at the chosen rate again at twice --max_steps (own warm-up and cosine) and "
+            "report that error, with whether doubling changed it (converged); False: the budget's error only."
+        },
+    )
+    converged_tolerance: float = field(
+        default=0.05,
+        metadata={"help": "Converged: doubling the budget changed the median test error by less than this fraction."},
+    )
+    finetuned_warmup_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Warm-up steps of the fine-tuned cells at the budget (scratch and FNO: --warmup_steps); twice "
+            "that at twice the budget."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_range(self, "n", "search_seeds", "bench_rollout_steps", low=1)
+        check_range(self, "converged_tolerance", "finetuned_warmup_steps")
         check_range(self, "finetuned_learning_rates", "scratch_learning_rates", "fno_learning_rates")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
@@ -152,7 +178,10 @@ def run_benchmark(
     report: dict = {
         "metric": HEADLINE,
         "init_from": model_args.init_from,
-        "budget": run.budget(),
+        "budget": run.budget(),  # the base budget; trained cells also run at twice it with double_budget
+        "finetuned_warmup_steps": bench.finetuned_warmup_steps,
+        "double_budget": bench.double_budget,
+        "converged_tolerance": bench.converged_tolerance,
         "n": list(bench.n),
         "seeds": list(bench.seeds),
         "methods": list(bench.methods),
@@ -169,7 +198,7 @@ def run_benchmark(
 def _task(
     root: Path, name: str, raw: str, run: RunArguments, bench: BenchmarkArguments, log: Callable[[str], None]
 ) -> dict:
-    """One task of the report: its data, a row per method and N, scratch's levelling off, the gains."""
+    """One task of the report: its data, a row per method and N, the gains."""
     from foundation.pdes.specs import resolve_specs
 
     (spec,) = resolve_specs([raw], root / "data")  # generated once: one test set for every N and method
@@ -179,10 +208,7 @@ def _task(
     for method in bench.methods:
         if method == "finetuned-rollout" and steady:  # nothing to roll out
             continue
-        rows = {str(n): _row(root, name, method, spec, n, run, bench, log) for n in bench.n}
-        task["methods"][method] = rows
-        if method == "scratch" and "val_curve" in rows[str(max(bench.n))]:
-            task["scratch_levelled_off"] = levelled_off(rows[str(max(bench.n))]["val_curve"])
+        task["methods"][method] = {str(n): _row(root, name, method, spec, n, run, bench, log) for n in bench.n}
     if "finetuned" in task["methods"]:
         task["gains"] = baseline_gains(list(bench.n), task["methods"])
     return task
@@ -198,19 +224,24 @@ def _row(
     bench: BenchmarkArguments,
     log: Callable[[str], None],
 ) -> dict:
-    """One method at one N: the learning rate of the lowest median validation error over the searched seeds, the
-    test errors of every seed at that rate (median, min, max), past the training window, the validation curve."""
+    """One method at one N: the learning rate of the lowest median validation error over the searched seeds at the
+    budget; the test errors of every seed at that rate (median, min, max) at twice the budget with double_budget
+    (else at the budget), the budget's median beside them and whether doubling changed it (converged); past the
+    training window and the validation curve of the same cells."""
 
-    def at(seed: int | None, lr: float) -> dict:
-        return cell(root, task, method, spec, n, seed, lr, run, bench, log)
+    def at(seed: int | None, lr: float, factor: int = 1) -> dict:
+        return cell(root, task, method, spec, n, seed, lr, run, bench, log, factor=factor)
 
-    seeds = bench.seeds if method in TRAINED else [None]
+    trained = method in TRAINED
+    seeds = bench.seeds if trained else [None]
     searched = seeds[: bench.search_seeds] if bench.search_seeds else seeds
     by_lr = {lr: [at(s, lr) for s in searched] for lr in bench.learning_rates(method)}
     val = {lr: float(np.median([c["val"] for c in cells])) for lr, cells in by_lr.items()}
     best = min(by_lr, key=lambda lr: val[lr])
     chosen = by_lr[best] + [at(s, best) for s in seeds[len(searched) :]]  # the others run at the chosen rate only
-    tests = [c["test"] for c in chosen]
+    doubled = trained and bench.double_budget
+    reported = [at(s, best, factor=2) for s in seeds] if doubled else chosen
+    tests = [c["test"] for c in reported]
     row = {
         "learning_rate": best,
         "test": float(np.median(tests)),
@@ -219,11 +250,20 @@ def _row(
         "test_by_seed": tests,
         "val_by_learning_rate": {f"{lr:g}": v for lr, v in val.items()},
     }
-    finals = [c["horizon"]["final"]["median_rel_l1_physical/mean"] for c in chosen if c.get("horizon")]
+    if trained:
+        row["steps"] = run.train_args.max_steps * (2 if doubled else 1)
+    if doubled:  # the budget's error at the chosen rate, and what doubling the budget changed
+        base = [c["test"] for c in chosen]
+        row["test_at_budget"] = float(np.median(base))
+        row["test_at_budget_by_seed"] = base
+        change = row["test"] - row["test_at_budget"]
+        row["doubling_change"] = change / row["test_at_budget"] if row["test_at_budget"] else float(change != 0)
+        row["converged"] = bool(abs(row["doubling_change"]) < bench.converged_tolerance)
+    finals = [c["horizon"]["final"]["median_rel_l1_physical/mean"] for c in reported if c.get("horizon")]
     if finals:  # past the training window: the last step of the test trajectories
         row["horizon_final"] = float(np.median(finals))
-        row["horizon_final_step"] = chosen[0]["horizon"]["final"]["step"]
-    curves = [c["val_curve"] for c in chosen if c.get("val_curve")]
+        row["horizon_final_step"] = reported[0]["horizon"]["final"]["step"]
+    curves = [c["val_curve"] for c in reported if c.get("val_curve")]
     if curves:
         row["val_curve"] = median_curve(curves)
     return row

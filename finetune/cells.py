@@ -1,9 +1,10 @@
 """The cells of a benchmark (`finetune.benchmark`): one method on one task at one N, seed and learning rate, trained
 through the fine-tuning loop (`finetune.trainer`) or a baseline that needs no training, evaluated on val and test.
 
-Every cell is a run folder (`cell_folder`) with `cell.json`, written last: a finished cell is read back instead of
-run again, a cell cut short resumes from its checkpoint, and a resumed benchmark must keep the step budget and the
-pretrained weights (`weights_fingerprint`) its finished cells were trained with.
+Every cell is a run folder (`cell_folder`, named with its steps: a cell at the budget and one at twice it coexist)
+with `cell.json`, written last: a finished cell is read back instead of run again, a cell cut short resumes from its
+checkpoint, and a resumed benchmark must keep the budget (steps, batch, warm-up) and the pretrained weights
+(`weights_fingerprint`) its finished cells were trained with.
 """
 
 from __future__ import annotations
@@ -48,17 +49,31 @@ class RunArguments:
         return deepcopy(self)
 
     def budget(self) -> dict[str, int]:
-        """The steps and batch every trained method gets: what a resumed benchmark must keep."""
-        return {"max_steps": self.train_args.max_steps, "batch_size": self.train_args.batch_size}
+        """The steps, batch and warm-up steps of a run: what a resumed benchmark must keep, per cell."""
+        train = self.train_args
+        return {"max_steps": train.max_steps, "batch_size": train.batch_size, "warmup_steps": train.warmup_steps}
+
+    def scaled(self, factor: int, warmup_steps: int) -> RunArguments:
+        """A copy trained `factor` times the steps with its own schedule: `warmup_steps` x `factor` steps of linear
+        warm-up, then the cosine decay over all the steps (the same fractions of the run at every budget)."""
+        run = self.copy()
+        run.train_args.max_steps *= factor
+        run.train_args.warmup_steps = warmup_steps * factor
+        return run
 
 
-def cell_folder(root: Path, task: str, method: str, n: int | None, seed: int | None, lr: float) -> Path:
-    """The run folder of a cell: root/task/method/n8-seed0-lr0.0005 (no seed nor rate for an untrained method)."""
+def cell_folder(
+    root: Path, task: str, method: str, n: int | None, seed: int | None, lr: float, steps: int | None = None
+) -> Path:
+    """The run folder of a cell: root/task/method/n8-seed0-lr0.0005-steps500 (no seed, rate nor steps for an
+    untrained method)."""
     parts = [f"n{n}" if n is not None else "all"]
     if seed is not None:
         parts.append(f"seed{seed}")
     if lr:
         parts.append(f"lr{lr:g}")
+    if steps is not None:
+        parts.append(f"steps{steps}")
     return root / task / method / "-".join(parts)
 
 
@@ -102,7 +117,8 @@ def training_pairs(spec: str, n: int, data_args: DataArguments) -> int:
 def run_trained_cell(
     folder: Path, method: str, spec: str, n: int, seed: int, lr: float, run: RunArguments, bench: BenchmarkArguments
 ) -> dict:
-    """Train one method on the first `n` trajectories (the fine-tuning loop), then evaluate it on val and test.
+    """Train one method on the first `n` trajectories (the fine-tuning loop), exporting its lowest-validation
+    weights, then evaluate them on val and test.
 
     Args:
         folder: The cell's run folder (checkpoints, evaluation, validation curve).
@@ -111,7 +127,7 @@ def run_trained_cell(
         n: Training trajectories (the first n of the training split).
         seed: The run's seed.
         lr: The run's learning rate.
-        run: The benchmark's run arguments (copied, not changed).
+        run: The cell's run arguments, its budget and schedule set (copied, not changed).
         bench: The benchmark's arguments (the rollout method's K).
     """
     from .loading import load_model
@@ -121,6 +137,9 @@ def run_trained_cell(
     data_args, train_args, finetune_args = run.data_args, run.train_args, run.finetune_args
     data_args.datasets = [spec]
     train_args.output_dir, train_args.learning_rate, train_args.seed = str(folder), lr, seed
+    # the lowest-validation weights exported (Poseidon's rule); --eval_every 0 validates only the last step
+    if train_args.eval_every:
+        train_args.select_best = True
     # A steady task has one pair per trajectory: N = 8 of them cannot fill a batch of 16. Such a cell trains on
     # all its pairs per step instead (same steps; recorded in the cell as its batch).
     train_args.batch_size = min(train_args.batch_size, training_pairs(spec, n, data_args))
@@ -195,7 +214,8 @@ def weights_fingerprint(init_from: str | None) -> str | None:
 
 
 def _finished(done: Path, budget: dict, start: dict, init_from: str | None) -> dict:
-    """A finished cell's record, refused if it ran with another step budget or other pretrained weights."""
+    """A finished cell's record, refused if it ran with another budget (steps, batch, warm-up) or other pretrained
+    weights."""
     record = json.loads(done.read_text())
     if record.get("budget", {}) != budget:
         raise ValueError(
@@ -221,8 +241,11 @@ def cell(
     run: RunArguments,
     bench: BenchmarkArguments,
     log: Callable[[str], None],
+    factor: int = 1,
 ) -> dict:
-    """One finished cell: read back if done before (resume), else run and record.
+    """One finished cell: read back if done before (resume), else run and record. A trained cell runs `factor`
+    times the budget (--max_steps) with its own schedule (`RunArguments.scaled`): warm-up --warmup_steps (scratch,
+    FNO) or `--finetuned_warmup_steps` (fine-tuned) times `factor`, then the cosine to the end.
 
     Args:
         root: The benchmark's output folder.
@@ -235,20 +258,27 @@ def cell(
         run: The benchmark's run arguments.
         bench: The benchmark's arguments.
         log: Where the one line per cell goes.
+        factor: The multiple of the budget a trained cell runs (1 or 2).
 
     Returns:
         The cell's record (what `cell.json` holds): val and test error, validation curve, budget, ...
     """
-    folder = cell_folder(root, task, method, n, seed if method in TRAINED else None, lr)
+    trained = method in TRAINED
+    if trained:
+        warmup = bench.finetuned_warmup_steps if method in PRETRAINED else run.train_args.warmup_steps
+        run = run.scaled(factor, warmup)
+    steps = run.train_args.max_steps if trained else None
+    folder = cell_folder(root, task, method, n, seed if trained else None, lr, steps)
     done = folder / "cell.json"
-    budget = run.budget() if method in TRAINED else {}
+    budget = run.budget() if trained else {}
     init_from = run.model_args.init_from
     start = {"init_weights": weights_fingerprint(init_from)} if method in PRETRAINED else {}
+    name = f"[benchmark] {task} {method} N={n} seed={seed} lr={lr:g}" + (f" steps={steps}" if trained else "")
     if done.exists():
         record = _finished(done, budget, start, init_from)
-        log(f"[benchmark] {task} {method} N={n} seed={seed} lr={lr:g}: done before, skipped")
+        log(f"{name}: done before, skipped")
         return record
-    if method in TRAINED:
+    if trained:
         result = run_trained_cell(folder, method, spec, n, seed, lr, run, bench)
     else:
         result = run_baseline_cell(spec, n, run)
@@ -256,5 +286,5 @@ def cell(
     record.update(start, **result)
     folder.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(record, indent=2))  # last: a cell without it runs again (resuming its checkpoint)
-    log(f"[benchmark] {task} {method} N={n} seed={seed} lr={lr:g}: val {record['val']:.3f}, test {record['test']:.3f}")
+    log(f"{name}: val {record['val']:.3f}, test {record['test']:.3f}")
     return record

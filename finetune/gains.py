@@ -1,6 +1,6 @@
 """What pretraining buys, in numbers (`finetune.benchmark`, `finetune.study`): power-law fits of error against the
 number of training trajectories N, the accuracy and efficiency gains of the fine-tuned model over a baseline, and the
-validation curves of the seeds (their median; whether the step budget levelled them off)."""
+median validation curve of the seeds."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def baseline_gains(ns: list[int], methods: dict[str, dict]) -> dict[str, list[di
 
     Args:
         ns: The training trajectory counts.
-        methods: A task's rows: method -> str(N) -> {"test": median test error, ...}; "finetuned" among them.
+        methods: A task's rows: method -> str(N) -> {"test": median test error, ...} (a benchmark's at twice the
+            budget, with double_budget); "finetuned" among them.
 
     Returns:
         Baseline -> `gains` rows; for persistence only the error ratio per N, as it has no learning curve to fit
@@ -70,11 +71,3 @@ def median_curve(curves: list[list[list[float]]]) -> list[list[float]]:
     steps = sorted(set.intersection(*(set(step for step, _ in c) for c in curves)))
     values = [dict((step, v) for step, v in c) for c in curves]
     return [[step, float(np.median([v[step] for v in values]))] for step in steps]
-
-
-def levelled_off(curve: list[list[float]], tail: float = 0.2) -> dict:
-    """How much a validation curve still fell over the last `tail` of its steps: has the budget levelled it off?
-    `improvement` = error at the start of the tail / final error - 1 (0.03: 3 % lower at the end)."""
-    last_step = curve[-1][0]
-    start = min(curve, key=lambda point: abs(point[0] - (1 - tail) * last_step))
-    return {"from_step": start[0], "to_step": last_step, "improvement": start[1] / curve[-1][1] - 1}

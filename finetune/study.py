@@ -78,6 +78,8 @@ def run_study(
         seeds=[train_args.seed],
         finetuned_learning_rates=[train_args.learning_rate],
         scratch_learning_rates=[study.scratch_learning_rate],
+        double_budget=False,  # one budget, as the study reports it
+        finetuned_warmup_steps=train_args.warmup_steps,  # both methods warm up alike, as before
     )
     run = RunArguments(model_args, copy.deepcopy(data_args), train_args, finetune_args)
     run.data_args.datasets = []  # a benchmark's data are its tasks: this one
@@ -91,7 +93,8 @@ def run_study(
     for kind in ("finetuned", "scratch"):
         results[kind] = []
         for n in ns:
-            folder = cell_folder(root, name, kind, n, train_args.seed, bench.learning_rates(kind)[0])
+            lr = bench.learning_rates(kind)[0]
+            folder = cell_folder(root, name, kind, n, train_args.seed, lr, train_args.max_steps)
             results[kind].append(float(json.loads((folder / "cell.json").read_text())["test_metrics"][study.metric]))
     report = {
         "metric": study.metric,

@@ -1,5 +1,6 @@
 """The transfer benchmark (`finetune.benchmark`) at tiny settings, and the pretraining corpus command: the table is
-its cells, persistence is what it says, resuming skips what is done, a corpus never holds a benchmark task."""
+its cells (at twice the budget, converged or marked not), persistence is what it says, resuming skips what is done, a
+corpus never holds a benchmark task."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def arguments(base_dir, out):
             max_steps=3,
             batch_size=3,
             warmup_steps=1,
-            eval_every=2,  # the validation curve (validation.jsonl): steps 2 and 3
+            eval_every=2,  # the validation curve (validation.jsonl): steps 2 and 3 (2, 4 and 6 at twice the budget)
             save_every=0,
             tracker="none",
         ),
@@ -51,6 +52,7 @@ def arguments(base_dir, out):
             finetuned_learning_rates=[5e-4],
             scratch_learning_rates=[1e-3],
             fno_learning_rates=[1e-3],
+            double_budget=False,
         ),
     )
 
@@ -68,43 +70,68 @@ def persistence_by_hand(path) -> float:
 
 
 @pytest.mark.slow
-def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(base_dir, tmp_path):
+def test_benchmark_table_is_its_cells_at_twice_the_budget_persistence_is_exact_and_a_rerun_skips(base_dir, tmp_path):
     logs: list[str] = []
-    report = run_benchmark(*arguments(base_dir, tmp_path), log=logs.append)
-    assert list(report["tasks"]) == ["allen-cahn", "poisson-gauss"]
-    cells = 0
+    args = arguments(base_dir, tmp_path)
+    args[4].double_budget = True  # 3 steps to choose the rate, 6 reported
+    args[4].converged_tolerance = 1e-3  # 3 -> 6 tiny steps move the errors by ~0.01-0.3 %: some are marked
+    args[4].methods = ["finetuned", "scratch", "persistence"]  # FNO: in the rollout test (the time it takes)
+    report = run_benchmark(*args, log=logs.append)
+    assert list(report["tasks"]) == ["allen-cahn", "poisson-gauss"] and report["double_budget"] is True
+    cells, unconverged = 0, []
+    table = (tmp_path / "benchmark.md").read_text()
     for name, task in report["tasks"].items():
-        assert set(task["methods"]) == {"finetuned", "scratch", "fno", "persistence"}
-        for method in ("finetuned", "scratch", "fno"):
+        assert set(task["methods"]) == {"finetuned", "scratch", "persistence"}
+        for method in ("finetuned", "scratch"):
+            warmup = 0 if method == "finetuned" else 1  # finetuned_warmup_steps 0; scratch (and FNO) --warmup_steps 1
+            tests = {}
             for n in (2, 4):
                 row = task["methods"][method][str(n)]
-                folder = cell_folder(tmp_path, name, method, n, 0, row["learning_rate"])
+                for steps in (3, 6):  # both budgets coexist, each with its own schedule (warm-up x 2 at 6 steps)
+                    folder = cell_folder(tmp_path, name, method, n, 0, row["learning_rate"], steps)
+                    record = json.loads((folder / "cell.json").read_text())
+                    budget = {"max_steps": steps, "batch_size": 3, "warmup_steps": warmup * steps // 3}
+                    assert record["budget"] == budget
+                    train = json.loads((folder / "run_args.json").read_text())["train"]
+                    assert train["max_steps"] == steps and train["warmup_steps"] == budget["warmup_steps"]
+                    assert train.get("select_best", True) is True  # the lowest-validation weights exported
+                    tests[steps] = record["test"]
+                    cells += 1
+                # the row is the 6-step cell: its test error, its validation curve
                 evaluation = json.loads((folder / "evaluation" / "evaluation.json").read_text())
-                assert row["test"] == evaluation[HEADLINE] and row["test_by_seed"] == [evaluation[HEADLINE]]
+                assert row["test"] == evaluation[HEADLINE] == tests[6] and row["test_by_seed"] == [tests[6]]
+                assert row["test_at_budget"] == tests[3] and row["steps"] == 6
+                change = (tests[6] - tests[3]) / tests[3]
+                assert row["doubling_change"] == pytest.approx(change) and row["converged"] is (abs(change) < 1e-3)
                 trained = json.loads((folder / "result.json").read_text())
-                assert trained["step"] == 3 and trained["strategy"] == {"fno": "fno"}.get(method, "full")
+                assert trained["step"] == 6 and trained["strategy"] == "full"
                 assert trained["from_scratch"] is (method == "scratch")
                 # a steady task's N = 2 trajectories are 2 pairs: its batch is all of them, not 3
                 batch = json.loads((folder / "cell.json").read_text())["batch_size"]
                 assert batch == (min(n, 3) if task["steady"] else 3)
                 lines = (folder / "validation.jsonl").read_text().splitlines()
                 curve = [[e["step"], e["median_rel_l1_normalised/mean"]] for e in map(json.loads, lines)]
-                assert row["val_curve"] == curve and [step for step, _ in curve] == [2, 3]
-                cells += 1
+                assert row["val_curve"] == curve and [step for step, _ in curve] == [2, 4, 6]
+                # the table shows the 6-step error, marked where doubling the budget changed it by 5 % or more
+                column = report["methods"].index(method)
+                (line,) = [line for line in table.splitlines() if line.startswith(f"| {name} | {n} |")]
+                shown = line.split(" | ")[2 + column]
+                assert shown == f"{row['test']:.2f}" + ("" if row["converged"] else "*")
+                if not row["converged"]:
+                    unconverged.append((name, method, n))
         cells += 2  # persistence / training mean, per N
+    assert unconverged  # 3 -> 6 steps moves some error by 0.1 % or more
+    assert "\\* doubling the budget changed the test error by 0.1 % or more: not converged" in table
     allen_cahn = report["tasks"]["allen-cahn"]
     for n in (2, 4):  # persistence does not depend on N, and is exactly the hand computation
-        assert allen_cahn["methods"]["persistence"][str(n)]["test"] == pytest.approx(
-            persistence_by_hand(allen_cahn["data"]), rel=1e-5
-        )
+        row = allen_cahn["methods"]["persistence"][str(n)]
+        assert row["test"] == pytest.approx(persistence_by_hand(allen_cahn["data"]), rel=1e-5)
+        assert "converged" not in row and "doubling_change" not in row  # nothing trained, nothing doubled
     assert report["tasks"]["poisson-gauss"]["steady"] is True
-    flat = allen_cahn["scratch_levelled_off"]  # scratch's curve at the largest N: how much it still fell
-    (_, first), (_, last) = allen_cahn["methods"]["scratch"]["4"]["val_curve"]
-    assert flat["to_step"] == 3 and flat["improvement"] == pytest.approx(first / last - 1)
-    fno = load_model(cell_folder(tmp_path, "allen-cahn", "fno", 2, 0, 1e-3) / "model")
-    assert isinstance(fno, FNOBaseline) and fno.config.output_channel_names == ["u"]
-    table = (tmp_path / "benchmark.md").read_text()
-    assert "| allen-cahn | 2 |" in table and "| poisson-gauss | 4 |" in table
+    gains = allen_cahn["gains"]["scratch"]  # the gains are the 6-step errors'
+    assert [g["finetuned"] for g in gains] == [allen_cahn["methods"]["finetuned"][str(n)]["test"] for n in (2, 4)]
+    assert [g["baseline"] for g in gains] == [allen_cahn["methods"]["scratch"][str(n)]["test"] for n in (2, 4)]
+    assert "| allen-cahn | 2 |" in table and "| poisson-gauss | 4 |" in table and "levelled off" not in table
     assert json.loads((tmp_path / "benchmark.json").read_text()) == json.loads(json.dumps(report))
     assert (tmp_path / "benchmark.png").stat().st_size > 1000
 
@@ -112,15 +139,18 @@ def test_benchmark_table_is_its_cells_persistence_is_exact_and_a_rerun_skips(bas
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("cell.json")}
     assert len(stamps) == cells
     logs.clear()
-    again = run_benchmark(*arguments(base_dir, tmp_path), log=logs.append)
-    assert again == report and sum("done before, skipped" in line for line in logs) == cells
+    again = run_benchmark(*args, log=logs.append)
+    assert again == report and sum("done before, skipped" in line for line in logs) == cells == len(logs)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("cell.json")} == stamps
 
-    # a different budget is not mixed into the finished cells
-    args = arguments(base_dir, tmp_path)
-    args[2].max_steps = 4
-    with pytest.raises(ValueError, match="must keep its budget"):
-        run_benchmark(*args, log=logs.append)
+    # a different budget is not mixed into the finished cells: another batch, or a 6-step scratch cell with the
+    # warm-up of a 6-step budget (1) where the finished one had twice a 3-step budget's (2)
+    for option, value, methods in (("batch_size", 2, None), ("max_steps", 6, ["scratch"])):
+        args = arguments(base_dir, tmp_path)
+        setattr(args[2], option, value)
+        args[4].methods = methods or args[4].methods
+        with pytest.raises(ValueError, match="must keep its budget"):
+            run_benchmark(*args, log=logs.append)
 
     # nor are cells fine-tuned from other pretrained weights (a resumed benchmark pointed at a retrained model)
     other = ScOT.from_pretrained(args[0].init_from)
@@ -139,14 +169,21 @@ def test_tasks_longer_than_the_window_get_rollout_rows(base_dir, tmp_path):
     model_args, data_args, train_args, tune, bench = arguments(base_dir, tmp_path)
     data_args.max_snapshots, tune.eval_rollout_trajectories = 3, 2
     bench.tasks = ["pde:allen-cahn:n=10,resolution=16,snapshots=6,seed=3,val=2,test=2,eps=0.08"]
-    bench.n, bench.methods = [2], ["finetuned", "finetuned-rollout", "persistence"]
+    bench.n, bench.methods = [2], ["finetuned", "finetuned-rollout", "fno", "persistence"]
     report = run_benchmark(model_args, data_args, train_args, tune, bench, log=lambda line: None)
     rows = report["tasks"]["allen-cahn"]["methods"]
     assert rows["finetuned"]["2"]["horizon_final_step"] == 5 and rows["finetuned"]["2"]["horizon_final"] > 0
+    assert "converged" not in rows["finetuned"]["2"] and rows["finetuned"]["2"]["steps"] == 3  # one budget only
+    assert not list((tmp_path / "allen-cahn" / "finetuned").glob("*-steps6"))
+    fno = cell_folder(tmp_path, "allen-cahn", "fno", 2, 0, 1e-3, 3)
+    assert json.loads((fno / "result.json").read_text())["strategy"] == "fno" and rows["fno"]["2"]["horizon_final"] > 0
+    assert json.loads((fno / "cell.json").read_text())["budget"]["warmup_steps"] == 1  # --warmup_steps
+    fno = load_model(fno / "model")
+    assert isinstance(fno, FNOBaseline) and fno.config.output_channel_names == ["u"]
 
     # the rollout-trained fine-tune beside it: trained with K = 2 sequences of the pair's lead, same budget
     def read(method: str, name: str) -> dict:
-        return json.loads((cell_folder(tmp_path, "allen-cahn", method, 2, 0, 5e-4) / name).read_text())
+        return json.loads((cell_folder(tmp_path, "allen-cahn", method, 2, 0, 5e-4, 3) / name).read_text())
 
     run_args = read("finetuned-rollout", "run_args.json")
     assert run_args["data"]["rollout_steps"] == 2 and run_args["data"]["rollout_lead_steps"] == 0
@@ -210,7 +247,8 @@ def test_benchmark_and_corpus_recipes_parse():
             classes, argv, sections=("finetune", "benchmark"), check=check_benchmark, needs_datasets=False
         )
         names = [name for name, _ in bench.task_list()]
-        assert len(names) >= 4 and set(names) <= set(RESERVED) and bench.n == [8, 32] and len(bench.seeds) == 2
+        assert len(names) >= 4 and set(names) <= set(RESERVED) and bench.n == [8, 32] and bench.seeds == [0, 1, 2]
+        assert bench.search_seeds == 1 and bench.double_budget is True and bench.finetuned_warmup_steps == 0
     corpus = load_recipe(REPO_ROOT / "launch" / "recipes" / "corpus-cpu.yaml")
     assert {e.family for e in corpus} == {
         "ns-sines",
@@ -229,21 +267,33 @@ def test_the_learning_rate_is_searched_on_the_first_seeds_and_the_others_run_at_
 
     calls = []
 
-    def fake_cell(root, task, method, spec, n, seed, lr, args, bench, log):  # the grid's outcome, without training
-        calls.append((method, n, seed, lr))
+    def fake_cell(root, task, method, spec, n, seed, lr, args, bench, log, factor=1):  # without training
+        calls.append((method, n, seed, lr, factor))
         val = {1e-3: 2.0, 2e-3: 1.0}.get(lr, 3.0) + (seed or 0)
         curve = [[10 * k, val + 5 - k] for k in range(1, 6)]
-        return {"val": val, "test": 10 * val, "val_curve": curve}
+        # twice the budget: seed 0 4 % lower, seed 1 10 % (the median moves 10 %: not converged), seed 2 unchanged
+        return {"val": val, "test": 10 * val * (1 - {0: 0.04, 1: 0.1, 2: 0.0}[seed] * (factor - 1)), "val_curve": curve}
 
     monkeypatch.setattr(benchmark, "cell", fake_cell)
     model, data, train, tune, bench = arguments("unused", tmp_path)
     bench.tasks, bench.n, bench.methods = TASKS[:1], [2], ["scratch"]
     bench.seeds, bench.search_seeds, bench.scratch_learning_rates = [0, 1, 2], 1, [1e-3, 2e-3]
+    bench.double_budget = True
     report = run_benchmark(model, data, train, tune, bench, log=lambda line: None)
-    assert calls == [("scratch", 2, 0, 1e-3), ("scratch", 2, 0, 2e-3), ("scratch", 2, 1, 2e-3), ("scratch", 2, 2, 2e-3)]
+    searched = [("scratch", 2, 0, 1e-3, 1), ("scratch", 2, 0, 2e-3, 1)]
+    at_choice = [("scratch", 2, seed, 2e-3, factor) for factor in (1, 2) for seed in (0, 1, 2)][1:]
+    assert calls == searched + at_choice  # the others at the choice, then every seed at twice the budget
     row = report["tasks"]["allen-cahn"]["methods"]["scratch"]["2"]
-    assert row["learning_rate"] == 2e-3 and row["test_by_seed"] == [10.0, 20.0, 30.0] and row["test"] == 20.0
+    assert row["learning_rate"] == 2e-3 and row["test_at_budget_by_seed"] == [10.0, 20.0, 30.0]
+    assert row["test_by_seed"] == pytest.approx([9.6, 18.0, 30.0]) and row["test"] == pytest.approx(18.0)
+    assert row["test_at_budget"] == 20.0 and row["doubling_change"] == pytest.approx(-0.1)
+    assert row["converged"] is False and row["steps"] == 6
     assert row["val_by_learning_rate"] == {"0.001": 2.0, "0.002": 1.0}  # the searched seed only
     assert row["val_curve"] == [[10 * k, 2.0 + 5 - k] for k in range(1, 6)]  # median over the seeds, per step
-    flat = report["tasks"]["allen-cahn"]["scratch_levelled_off"]
-    assert flat == {"from_step": 40, "to_step": 50, "improvement": pytest.approx(3.0 / 2.0 - 1)}
+    assert "18.00* [9.60-30.00]" in (tmp_path / "benchmark.md").read_text()
+
+    bench.converged_tolerance = 0.15  # a 10 % change within the tolerance: converged, unmarked
+    report = run_benchmark(model, data, train, tune, bench, log=lambda line: None)
+    assert report["tasks"]["allen-cahn"]["methods"]["scratch"]["2"]["converged"] is True
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| 18.00 [9.60-30.00] |" in table and "not converged" not in table

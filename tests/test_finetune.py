@@ -455,7 +455,8 @@ def test_study_runs_finetuned_and_scratch_per_n(base_dir, ac_file, tmp_path):
     assert report["n"] == [2, 6] and len(report["finetuned"]) == len(report["scratch"]) == 2
     assert set(report["fit"]) == {"finetuned", "scratch"} and len(report["gains"]) == 2
     # the study is the benchmark's task "allen-cahn" (the file's stem) with two methods: its cells are run folders
-    run_args = json.loads((tmp_path / "allen-cahn" / "scratch" / "n2-seed0-lr0.002" / "run_args.json").read_text())
+    scratch = tmp_path / "allen-cahn" / "scratch" / "n2-seed0-lr0.002-steps4"
+    run_args = json.loads((scratch / "run_args.json").read_text())
     assert run_args["train"]["learning_rate"] == 2e-3 and run_args["train"]["max_steps"] == 4
     (cell,) = (tmp_path / "allen-cahn" / "finetuned").glob("n6-seed0-lr*")
     result = json.loads((cell / "result.json").read_text())
