@@ -36,6 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 _KNOWN_EXTRA_KEYS = {"hidden_size", "num_layers", "model_type", "torch_dtype", "_name_or_path", "name_or_path"}
 
 _RESAMPLING_MODES = ("fourier", "none")
+_NORM_INITS = ("reference", "identity")
 
 
 def _as_list(value: Any) -> Any:
@@ -84,6 +85,11 @@ class ScOTConfig(PretrainedConfig):
             (None: not recorded; all2all over whole trajectories trains up to 1.0). Rollouts past it chain jumps.
         rollout_lead_time: The lead time of one step of rollout training (model units), when the model had it
             (the step whose chains that training stabilised; rollouts still jump by `max_lead_time` by default).
+        norm_init: How a new model's time-conditioned norms start. "reference": every Linear normal(0,
+            initializer_range), so each gain starts near 0.02 * t and every branch, and the output, near 0 (the
+            reference's init; it costs the first few hundred steps of a small budget). "identity": gain 1 and bias
+            0 at every lead time (a plain LayerNorm; the model learns the dependence on t). Loaded weights are
+            unaffected either way.
         input_resampling: "fourier" resamples inputs of another grid to image_size (the reference
             behaviour); "none" runs natively on the given grid.
     """
@@ -125,6 +131,7 @@ class ScOTConfig(PretrainedConfig):
     max_lead_time: float | None = None
     rollout_lead_time: float | None = None
     input_resampling: str = "fourier"
+    norm_init: str = "reference"
 
     def __post_init__(self, **kwargs: Any) -> None:
         self._check_unknown_keys(kwargs)
@@ -210,6 +217,8 @@ class ScOTConfig(PretrainedConfig):
             fail(f"p must be 1 or 2, got {self.p}")
         if self.input_resampling not in _RESAMPLING_MODES:
             fail(f"input_resampling={self.input_resampling!r}; expected one of {_RESAMPLING_MODES}")
+        if self.norm_init not in _NORM_INITS:
+            fail(f"norm_init={self.norm_init!r}; expected one of {_NORM_INITS}")
         if not self.time_scale > 0:
             fail(f"time_scale must be positive, got {self.time_scale}")
         for name, want in (

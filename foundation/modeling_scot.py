@@ -75,6 +75,7 @@ class ConditionalLayerNorm(nn.Module):
         if use_conditioning:
             self.weight = nn.Linear(1, dim)
             self.bias = nn.Linear(1, dim)
+            self.weight.norm_role, self.bias.norm_role = "gain", "shift"  # for `ScOTConfig.norm_init`
         else:
             self.weight = nn.Parameter(torch.ones(dim))
             self.bias = nn.Parameter(torch.zeros(dim))
@@ -637,7 +638,12 @@ class ScOTPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        role = getattr(module, "norm_role", None)  # a Linear of a time-conditioned norm: "gain" or "shift"
+        if role is not None and self.config.norm_init == "identity":
+            # The norm's own Linears, not the norm: transformers marks a parent initialised once its children are.
+            module.weight.zero_()
+            module.bias.fill_(1.0 if role == "gain" else 0.0)
+        elif isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             module.weight.normal_(0.0, std)
             if module.bias is not None:
                 module.bias.zero_()

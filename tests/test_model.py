@@ -582,3 +582,31 @@ def test_attention_implementation_switches_and_restores():
     with pytest.raises(ValueError, match="eager"):
         with model.attention_implementation("flash"):
             pass
+
+
+def test_identity_norm_init_starts_every_conditioned_norm_as_a_plain_layer_norm(tmp_path: Path):
+    import torch.nn.functional as F
+
+    from foundation.modeling_scot import ConditionalLayerNorm
+
+    model = tiny(norm_init="identity")
+    norms = [m for m in model.modules() if isinstance(m, ConditionalLayerNorm)]
+    assert norms and all(m.use_conditioning for m in norms)
+    x = torch.randn(3, 5, norms[0].weight.out_features)
+    for t in (torch.zeros(3), torch.tensor([0.1, 0.5, 1.0])):  # no dependence on the lead time
+        torch.testing.assert_close(norms[0](x, t), F.layer_norm(x, x.shape[-1:], eps=norms[0].eps))
+    # the reference init keeps the published rule: gains near 0.02 * t, the same draws as before this option
+    torch.manual_seed(0)
+    reference = tiny()
+    gains = [m.weight for m in reference.modules() if isinstance(m, ConditionalLayerNorm)]
+    assert all(float(g.bias.abs().max()) == 0.0 and 0 < float(g.weight.std()) < 0.05 for g in gains)
+    # only a new model's start: loaded weights are what the file holds, whichever init the config names
+    reference.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "norm_init": "identity"}))
+    loaded = ScOT.from_pretrained(tmp_path)
+    assert loaded.config.norm_init == "identity"
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="norm_init"):
+        tiny(norm_init="zeros")
