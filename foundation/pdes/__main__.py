@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true")
     corpus = commands.add_parser("corpus", help="generate a pretraining corpus from a recipe (resumable)")
     corpus.add_argument("--recipe", required=True, help="corpus recipe YAML (launch/recipes/corpus-*.yaml)")
-    corpus.add_argument("--out", required=True, help="folder of the corpus: one HDF5 file per family")
+    corpus.add_argument("--out", required=True, help="folder of the corpus: one HDF5 file per recipe entry")
     corpus.add_argument("--device", default="cpu")
     _sharding(corpus)
     return parser

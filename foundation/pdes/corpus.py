@@ -6,22 +6,36 @@ A recipe names the families, how many trajectories of each, the resolution, the 
 
     resolution: 32          # defaults for every family
     snapshots: 11
-    seed: 0                 # family k gets seed + k unless it sets its own
+    seed: 0                 # entry k gets seed + k unless it sets its own
     families:
       ns-sines: {n: 64}
       ce-rp: {n: 64, resolution: 64, params: {cfl: 0.4}}
+      ns-gauss-nu4: {family: ns-gauss, n: 64, viscosity: 1.0e-4}
 
-Each family is written to `<out>/<family>.h5` (`foundation.pdes.generate`: deterministic from its seed, atomic).
-Resumable: a family whose file exists with the recipe's settings is skipped; one that exists with other settings
-is an error (the file is never overwritten: delete it, or write to another folder). The families reserved for the
-downstream benchmark (`RESERVED`) are refused, so a corpus can never contain a benchmark task. `corpus.json` in
-`<out>` lists every file with its settings and generation time; the same recipe format scales to GPU-cluster
-sizes by changing n, resolution and snapshots only.
+An entry's key names its file, `<out>/<key>.h5`; its `family` defaults to the key. Keys other than n, resolution,
+snapshots, seed, batch, params and family are PDE parameters of the family (as a `pde:` spec passes them; `params:`
+is the same as a mapping), so one family can be in a corpus at several coefficients. Two entries never share a seed.
+
+Each entry is written to `<out>/<key>.h5` (`foundation.pdes.generate`: deterministic from its seed, atomic).
+Resumable: an entry whose file exists with the recipe's settings is skipped; one that exists with other settings
+(size, seed, family or PDE parameters) is an error (the file is never overwritten: delete it, or write to another
+folder). The families reserved for the downstream benchmark (`RESERVED`) are refused, so a corpus can never contain
+a benchmark task, except in a positive control of transfer, which says so explicitly by naming its held-out task:
+
+    control_task: "pde:allen-cahn:n=72,resolution=32,snapshots=11,seed=12,val=8,test=32,eps=0.04"
+    families:
+      allen-cahn-eps0.035: {family: allen-cahn, n: 128, eps: 0.035}
+
+Then entries of that task's family (no other reserved one) are allowed at other coefficients only: an entry whose
+PDE parameters (with the family's defaults) all equal the task's, or whose seed is the task's (the same initial
+conditions), is refused, naming the entry. `corpus.json` in `<out>` lists every file with its settings and
+generation time; the same recipe format scales to GPU-cluster sizes by changing n, resolution and snapshots only.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,12 +48,14 @@ import yaml
 # Downstream tasks of `finetune.benchmark`: never pretraining data.
 RESERVED = ("allen-cahn", "wave-gauss", "wave-layer", "poisson-gauss", "ns-kf")
 _DEFAULT_KEYS = ("resolution", "snapshots", "seed", "batch")
-_FAMILY_KEYS = ("n", "resolution", "snapshots", "seed", "batch", "params")
+_TOP_KEYS = ("families", "control_task", *_DEFAULT_KEYS)
+_ENTRY_KEYS = ("family", "n", "resolution", "snapshots", "seed", "batch", "params")
+_SPAN_KEYS = ("t_end", "t_start")  # PDE parameters of every family (`generate`)
 
 
 @dataclass
 class CorpusEntry:
-    """One family of a corpus and the settings it is generated with."""
+    """One entry of a corpus (a family at some PDE parameters) and the settings it is generated with."""
 
     family: str
     n: int
@@ -48,6 +64,10 @@ class CorpusEntry:
     seed: int
     batch: int = 8
     params: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # the recipe's key and the file's stem; the family's id unless the recipe names it otherwise
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.family
 
     def settings(self) -> dict[str, Any]:
         """What identifies the generated file (compared with the file's provenance on resume)."""
@@ -71,42 +91,114 @@ def load_recipe(path: str | Path) -> list[CorpusEntry]:
         raise RecipeError(f"{path}: not YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(recipe, dict) or not isinstance(recipe.get("families"), dict) or not recipe["families"]:
         raise RecipeError(f"{path}: expected a mapping with a non-empty `families:` mapping")
-    unknown = set(recipe) - {"families", *_DEFAULT_KEYS}
+    unknown = set(recipe) - set(_TOP_KEYS)
     if unknown:
-        raise RecipeError(f"{path}: unknown keys {sorted(unknown)}; expected families, {', '.join(_DEFAULT_KEYS)}")
+        raise RecipeError(f"{path}: unknown keys {sorted(unknown)}; expected {', '.join(_TOP_KEYS)}")
+    control = _control_task(path, recipe.get("control_task"))
     defaults = {"resolution": 32, "snapshots": None, "seed": 0, "batch": 8}
     defaults.update({k: recipe[k] for k in _DEFAULT_KEYS if k in recipe})
-    entries = []
-    for k, (family, options) in enumerate(recipe["families"].items()):
-        where = f"{path}: families.{family}"
-        if family in RESERVED:
-            raise RecipeError(f"{where}: reserved for the downstream benchmark ({', '.join(RESERVED)})")
-        if family not in FAMILIES:
-            raise RecipeError(f"{where}: unknown PDE family; known: {', '.join(sorted(FAMILIES))}")
-        options = options or {}
+    entries, seeds = [], {}
+    for k, (name, options) in enumerate(recipe["families"].items()):
+        where = f"{path}: families.{name}"
+        if not isinstance(name, str) or not name or "/" in name:
+            raise RecipeError(f"{where}: an entry's name is its file's stem: a non-empty string without '/'")
+        options = {} if options is None else options
         if not isinstance(options, dict) or "n" not in options:
             raise RecipeError(f"{where}: expected a mapping with at least `n`")
-        unknown = set(options) - set(_FAMILY_KEYS)
+        options = dict(options)
+        family = options.pop("family", name)
+        if family not in FAMILIES:
+            raise RecipeError(f"{where}: unknown PDE family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+        if family in RESERVED and (control is None or family != control[0]):
+            held = f"; a control corpus (control_task) holds its task's family ({control[0]}) only" if control else ""
+            raise RecipeError(
+                f"{where}: reserved for the downstream benchmark ({family} of {', '.join(RESERVED)}){held}"
+            )
+        pde_keys = set(FAMILIES[family].params) | set(_SPAN_KEYS)
+        unknown = set(options) - set(_ENTRY_KEYS) - pde_keys
         if unknown:
-            raise RecipeError(f"{where}: unknown keys {sorted(unknown)}; expected {', '.join(_FAMILY_KEYS)}")
+            raise RecipeError(
+                f"{where}: unknown keys {sorted(unknown)}; expected {', '.join(_ENTRY_KEYS[1:])} or PDE parameters "
+                f"of {family} ({', '.join(sorted(pde_keys))})"
+            )
+        params = options.pop("params", {}) or {}
+        if not isinstance(params, dict):
+            raise RecipeError(f"{where}: params must be a mapping of PDE parameters")
+        params = {**params, **{key: options.pop(key) for key in list(options) if key in pde_keys}}
+        params = {key: _number(value) for key, value in params.items()}  # YAML reads 4e-2 as a string
         merged = {**defaults, "seed": defaults["seed"] + k, **options}
         for key in ("n", "resolution", "seed", "batch") + (("snapshots",) if merged["snapshots"] is not None else ()):
             if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < (key != "seed"):
                 raise RecipeError(f"{where}: {key} must be an integer >= {int(key != 'seed')}, got {merged[key]!r}")
-        if not isinstance(merged.get("params", {}), dict):
-            raise RecipeError(f"{where}: params must be a mapping of PDE parameters")
-        entries.append(CorpusEntry(family=family, **merged))
+        if merged["seed"] in seeds:
+            raise RecipeError(f"{where}: seed {merged['seed']} is also families.{seeds[merged['seed']]}'s")
+        seeds[merged["seed"]] = name
+        entry = CorpusEntry(family=family, params=params, name=name, **merged)
+        if family in RESERVED:
+            _check_held_out(where, entry, *control)
+        entries.append(entry)
     return entries
 
 
+def _control_task(path: Path, spec: Any) -> tuple[str, dict, dict] | None:
+    """(family, settings, PDE parameters) of a recipe's `control_task`, a `pde:` spec of a reserved family."""
+    from .specs import GENERATOR_PREFIX, parse_generator_spec
+
+    if spec is None:
+        return None
+    if not isinstance(spec, str) or not spec.startswith(GENERATOR_PREFIX):
+        raise RecipeError(f"{path}: control_task must be the held-out benchmark task's pde: spec, got {spec!r}")
+    try:
+        family, settings, params = parse_generator_spec(spec)
+    except ValueError as error:
+        raise RecipeError(f"{path}: control_task: {error}") from None
+    if family not in RESERVED:
+        raise RecipeError(f"{path}: control_task {spec}: not a benchmark family ({', '.join(RESERVED)})")
+    return family, settings, params
+
+
+def _number(value: Any) -> Any:
+    """A PDE parameter as a `pde:` spec reads it: a string that is a number is that float."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values; numbers within rounding (0.04 and 4e-2)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool | str):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def _check_held_out(where: str, entry: CorpusEntry, family: str, settings: dict, task_params: dict) -> None:
+    """An entry of the control task's family must differ from the task in a PDE parameter and in its seed."""
+    from . import FAMILIES
+
+    defaults = FAMILIES[family].params
+    mine, task = {**defaults, **entry.params}, {**defaults, **task_params}
+    if all(_same(mine.get(key), task.get(key)) for key in set(mine) | set(task)):
+        shown = ", ".join(f"{key}={task[key]}" for key in sorted(task))
+        raise RecipeError(
+            f"{where}: the PDE parameters of the control task ({shown}): a control corpus holds {family} only at "
+            "other coefficients than its held-out task's"
+        )
+    if entry.seed == settings["seed"]:
+        raise RecipeError(f"{where}: seed {entry.seed} is the control task's (its initial conditions): choose another")
+
+
 def _generated_with(path: Path) -> dict[str, Any]:
-    """The settings a file of `generate` was written with (from its provenance)."""
+    """The settings a file of `generate` was written with (from its provenance), and its PDE parameters."""
     from foundation.data import open_source
 
     with open_source(path) as source:
         seed = (source.info.provenance or {}).get("seed")
         n, snapshots, resolution = source.shape[0], source.shape[1], source.shape[-1]
-    return {"n": n, "resolution": resolution, "snapshots": snapshots, "seed": seed}
+        pde = dict(source.info.pde or {})
+    return {"n": n, "resolution": resolution, "snapshots": snapshots, "seed": seed, "pde": pde}
 
 
 def build_corpus(
@@ -130,17 +222,22 @@ def build_corpus(
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"families": {}}
     paths = []
     for entry in entries:
-        path = out / f"{entry.family}.h5"
+        path = out / f"{entry.name}.h5"
         if path.exists():
             have = _generated_with(path)
+            pde = have.pop("pde")
             want = {k: entry.settings()[k] for k in have}
             if want["snapshots"] is None:
                 want["snapshots"] = have["snapshots"]  # the family's default
+            # the family and the PDE parameters it stores (t_end and t_start are not among them)
+            asked = {k: v for k, v in entry.params.items() if k in pde}
+            if pde.get("id") != entry.family or not all(_same(pde[k], v) for k, v in asked.items()):
+                have, want = {**have, "pde": pde}, {**want, "pde": {"id": entry.family, **entry.params}}
             if have != want:
                 raise RecipeError(
                     f"{path} exists with {have}, the recipe asks for {want}: delete it or choose another --out"
                 )
-            log(f"[corpus] {entry.family}: {path} already generated, skipped")
+            log(f"[corpus] {entry.name}: {path} already generated, skipped")
         else:
             start = time.perf_counter()
             sharded = dict(rank=rank, world_size=world_size) if world_size > 1 else None
@@ -158,11 +255,11 @@ def build_corpus(
             )
             seconds = round(time.perf_counter() - start, 1)
             if rank != 0:
-                log(f"[corpus] rank {rank}: {entry.family} shard done in {seconds} s")
+                log(f"[corpus] rank {rank}: {entry.name} shard done in {seconds} s")
                 paths.append(path)
                 continue
-            manifest["families"][entry.family] = {**entry.settings(), "file": path.name, "generate_s": seconds}
+            manifest["families"][entry.name] = {**entry.settings(), "file": path.name, "generate_s": seconds}
             manifest_path.write_text(json.dumps(manifest, indent=2))  # after each family: an interruption keeps it
-            log(f"[corpus] {entry.family}: {entry.n} trajectories at {entry.resolution}^2 in {seconds} s -> {path}")
+            log(f"[corpus] {entry.name}: {entry.n} trajectories at {entry.resolution}^2 in {seconds} s -> {path}")
         paths.append(path)
     return paths
